@@ -1,0 +1,1 @@
+"""One module per upstream family; ``registry`` maps a channel kind to its executor."""

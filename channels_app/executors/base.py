@@ -1,0 +1,128 @@
+"""What every executor shares: the upstream error tree and the call it builds.
+
+Executors raise ``UpstreamError`` carrying data (status, retryable, cool-down), so the
+scheduler decides failover from data, not from string matching.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from channels_app.scheduler import Route
+
+RETRYABLE_STATUSES = frozenset({403, 408, 429, 500, 502, 503, 504})
+
+
+class UpstreamError(Exception):
+    """The upstream failed; ``status`` is what the client is told."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retryable: bool = False,
+        cooldown_s: float | None = None,
+        error_type: str = "upstream_error",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.upstream_status = upstream_status
+        self.retryable = retryable
+        self.cooldown_s = cooldown_s
+        self.error_type = error_type
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(504, message, retryable=True, error_type="timeout_error")
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection could be made (refused, DNS, TLS, proxy)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message, retryable=True, error_type="upstream_unreachable")
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """One HTTP request to an upstream, ready to send."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+    proxy_url: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def message_from_body(body: bytes) -> str:
+    """The human-readable message of an upstream error body, whatever its family's shape."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return text[:500] or "(empty response)"
+    if isinstance(data, list) and data:
+        data = data[0]
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(err, str):
+            return err
+    return text[:500]
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError:
+    """Turn an upstream error response into the error the client and the scheduler see.
+
+    Client mistakes the upstream rejected (400, 404, 413, 422) go back with their status; a
+    rate limit goes back as 429; credential and server failures are the gateway's problem,
+    so the client sees 502 with the upstream's message.
+    """
+    message = message_from_body(body)
+    if status in (400, 404, 409, 413, 422):
+        return UpstreamError(status, message, upstream_status=status, error_type="invalid_request_error")
+    if status == 429:
+        return UpstreamError(
+            429,
+            message,
+            upstream_status=status,
+            retryable=True,
+            cooldown_s=retry_after_seconds(retry_after),
+            error_type="rate_limit_exceeded",
+        )
+    if status in (408, 504):
+        return UpstreamError(504, message, upstream_status=status, retryable=True, error_type="timeout_error")
+    return UpstreamError(502, message, upstream_status=status, retryable=status in RETRYABLE_STATUSES)
+
+
+class Executor(ABC):
+    """Builds upstream calls for one provider family. Subclasses set ``kinds``."""
+
+    kinds: tuple[str, ...] = ()
+
+    @abstractmethod
+    def build(self, route: Route, body: bytes, stream: bool) -> UpstreamCall:
+        """The HTTP request that sends ``body`` (already in this family's format) upstream."""

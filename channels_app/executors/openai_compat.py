@@ -1,0 +1,33 @@
+"""OpenAI-compatible upstreams (``openai-compatibility`` channels): Chat Completions over HTTP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from channels_app.executors.base import Executor, UpstreamCall
+from channels_app.models import ProviderKind
+
+if TYPE_CHECKING:
+    from channels_app.scheduler import Route
+
+
+class OpenAICompatExecutor(Executor):
+    kinds = (ProviderKind.OPENAI_COMPATIBILITY,)
+
+    def build(self, route: Route, body: bytes, stream: bool) -> UpstreamCall:
+        channel = route.channel
+        headers = {"Content-Type": "application/json", "User-Agent": "clirelay-openai-compat"}
+        if route.secret:
+            headers["Authorization"] = f"Bearer {route.secret}"
+        if stream:
+            headers["Accept"] = "text/event-stream"
+            headers["Cache-Control"] = "no-cache"
+        headers.update(channel.headers)
+        return UpstreamCall(
+            method="POST",
+            url=f"{channel.base_url}/chat/completions",
+            headers=headers,
+            body=body,
+            stream=stream,
+            proxy_url=route.proxy_url,
+        )

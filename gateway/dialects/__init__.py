@@ -1,0 +1,1 @@
+"""Client and upstream wire formats: pure functions, no Django, no I/O."""
