@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -147,5 +149,5 @@ class ApiKey(models.Model):
         self.set_key(raw)
         return raw
 
-    def is_expired(self, now: object | None = None) -> bool:
+    def is_expired(self, now: dt.datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())

@@ -132,7 +132,9 @@ def choose(current: RoutingTable, key: KeySnapshot, model: str) -> Route:
     """The route for this request, or a 404 ``RelayError`` when nothing may serve ``model``."""
     entries = [e for e in current.entries(key.team_id, model) if permitted(key, e[0])]
     if not entries:
-        raise RelayError(404, f"The model '{model}' does not exist or you do not have access to it.", code="model_not_found")
+        raise RelayError(
+            404, f"The model '{model}' does not exist or you do not have access to it.", code="model_not_found"
+        )
     top = max(e[0].priority for e in entries)
     tier = sorted((e for e in entries if e[0].priority == top), key=lambda e: e[0].id)
     slots = [(e, cred) for e in tier for cred in e[0].credentials]

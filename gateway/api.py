@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 from asgiref.sync import sync_to_async
 from django.db import connection
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from ninja import NinjaAPI, Router
 
 from accounts.access import aresolve_api_key
@@ -27,7 +27,9 @@ async def healthz(request: HttpRequest) -> HttpResponse:
     try:
         await sync_to_async(_ping_database)()
     except Exception as exc:  # any database failure means unhealthy, whatever its type
-        return HttpResponse(orjson.dumps({"status": "error", "database": str(exc)}), status=503, content_type="application/json")
+        return HttpResponse(
+            orjson.dumps({"status": "error", "database": str(exc)}), status=503, content_type="application/json"
+        )
     return HttpResponse(b'{"status":"ok","database":"ok"}', content_type="application/json")
 
 
@@ -40,7 +42,7 @@ def _ping_database() -> None:
 
 
 @v1.post("/chat/completions")
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     return await relay.chat_completions(request)
 
 

@@ -19,7 +19,7 @@ import httpx
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 
 from accounts.access import KeySnapshot, aresolve_api_key
@@ -111,7 +111,7 @@ def error_response(err: RelayError) -> HttpResponse:
     return response
 
 
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     """``POST /v1/chat/completions``."""
     attempt = Attempt(dialect=Dialect.OPENAI_CHAT, path=request.path)
     try:
@@ -119,9 +119,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         payload = _read_body(request, attempt)
         attempt.model, attempt.stream = payload["model"], bool(payload.get("stream"))
         if not attempt.key.allows_model(attempt.model):
-            raise RelayError(
-                403, f"model '{attempt.model}' is not allowed for this API key", code="model_not_allowed"
-            )
+            raise RelayError(403, f"model '{attempt.model}' is not allowed for this API key", code="model_not_allowed")
         attempt.route = route = scheduler.choose(await scheduler.table(), attempt.key, attempt.model)
         executor = executor_for(route.channel.kind)
         assert executor is not None  # the routing table holds only kinds with an executor
@@ -173,7 +171,9 @@ async def _open(attempt: Attempt, call: UpstreamCall) -> httpx.Response:
     except UpstreamError as err:
         attempt.finish(err.status, err.error_type, err.message)
         retry_after = int(err.cooldown_s) if err.cooldown_s is not None else None
-        raise RelayError(err.status, err.message, code="upstream_error", error_type=err.error_type, retry_after=retry_after) from None
+        raise RelayError(
+            err.status, err.message, code="upstream_error", error_type=err.error_type, retry_after=retry_after
+        ) from None
     return response
 
 
@@ -191,12 +191,14 @@ async def _once(attempt: Attempt, call: UpstreamCall) -> HttpResponse:
     try:
         attempt.usage = openai_chat.usage_from(orjson.loads(body).get("usage"))
     except (orjson.JSONDecodeError, AttributeError):
-        log.warning("upstream %s returned a body that is not a JSON object", attempt.route and attempt.route.channel.name)
+        log.warning(
+            "upstream %s returned a body that is not a JSON object", attempt.route and attempt.route.channel.name
+        )
     attempt.finish(response.status_code)
     return HttpResponse(body, status=response.status_code, content_type="application/json")
 
 
-async def _stream(attempt: Attempt, call: UpstreamCall, client_wants_usage: bool) -> HttpResponse:
+async def _stream(attempt: Attempt, call: UpstreamCall, client_wants_usage: bool) -> HttpResponseBase:
     response = await _open(attempt, call)
     if not response.headers.get("content-type", "").startswith("text/event-stream"):
         # Some upstreams answer a stream request with one JSON body; pass it on as it came.

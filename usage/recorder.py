@@ -17,10 +17,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import zstandard
 from django.conf import settings
 from django.db import close_old_connections, transaction
+
+if TYPE_CHECKING:
+    from usage.models import RequestBody, RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +161,7 @@ class Recorder:
         self.written += len(events)
         self._pending = []
 
-    def _row(self, model: type, e: UsageEvent) -> object:
+    def _row(self, model: type[RequestLog], e: UsageEvent) -> RequestLog:
         return model(
             time=e.time,
             request_id=e.request_id,
@@ -187,7 +191,7 @@ class Recorder:
             cost=self._cost(e),
         )
 
-    def _body(self, model: type, row: object, e: UsageEvent) -> object:
+    def _body(self, model: type[RequestBody], row: RequestLog, e: UsageEvent) -> RequestBody:
         request = self._compressor.compress(e.request_body) if e.request_body else b""
         response = self._compressor.compress(e.response_body) if e.response_body else b""
         return model(log=row, request=request, response=response, size=len(request) + len(response))
