@@ -233,5 +233,5 @@ class RuntimeSettings(models.Model):
 
     @classmethod
     def load(cls) -> RuntimeSettings:
-        obj, _ = cls.objects.get_or_create(pk=1)
-        return obj
+        """The row, or the defaults when none has been saved (reading never writes)."""
+        return cls.objects.filter(pk=1).first() or cls(pk=1)

@@ -71,3 +71,12 @@ def _fresh_caches() -> None:
 
     access.invalidate()
     scheduler.invalidate()
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings) -> None:
+    """Tests render admin pages without running collectstatic first."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

@@ -109,5 +109,5 @@ class LogStorageSettings(models.Model):
 
     @classmethod
     def load(cls) -> LogStorageSettings:
-        obj, _ = cls.objects.get_or_create(pk=1)
-        return obj
+        """The row, or the defaults when none has been saved (reading never writes)."""
+        return cls.objects.filter(pk=1).first() or cls(pk=1)

@@ -66,7 +66,8 @@ class UsageEvent:
 class Recorder:
     """A queue and the one thread that drains it into the database."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, autostart: bool = True) -> None:
+        self.autostart = autostart
         self._queue: queue.SimpleQueue[UsageEvent] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -80,7 +81,7 @@ class Recorder:
     def record(self, event: UsageEvent) -> None:
         """Enqueue ``event``; never blocks, never touches the database."""
         self._queue.put_nowait(event)
-        if self._thread is None:
+        if self._thread is None and self.autostart:
             self._start()
 
     def backlog(self) -> int:
@@ -99,13 +100,13 @@ class Recorder:
             try:
                 first = self._queue.get(timeout=interval)
             except queue.Empty:
-                first = None
+                pass
             else:
+                with self._lock:
+                    self._pending.append(first)
                 # Let a burst accumulate into one batch instead of one insert per event.
                 time.sleep(interval)
             with self._lock:
-                if first is not None:
-                    self._pending.append(first)
                 self._collect()
                 if self._pending:
                     self._write_pending()

@@ -87,6 +87,16 @@ def stream_error_event(message: str, error_type: str, code: str | None) -> bytes
     return b"data: " + error_body(message, error_type, code) + b"\n\n"
 
 
+_INSPECT_MARKERS = (b'"usage":{', b'"usage": {', b'"error"')
+
+
+def _split_events(data: bytes) -> tuple[bytes, bytes]:
+    """Split ``data`` into complete SSE events and an unfinished tail."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+    return data[:cut], data[cut:]
+
+
 class StreamRelay:
     """Passes an OpenAI SSE stream through while reading its usage.
 
@@ -104,13 +114,13 @@ class StreamRelay:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._tail + chunk if self._tail else chunk
-        cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4, 0)
-        whole, self._tail = data[:cut], data[cut:]
+        whole, self._tail = _split_events(data)
         if not whole:
             return b""
         if b"[DONE]" in whole:
             self.saw_done = True
-        if b'"usage"' not in whole and b'"error"' not in whole:
+        # Only events carrying a usage object or an error need parsing; the rest pass as bytes.
+        if not any(marker in whole for marker in _INSPECT_MARKERS):
             return whole
         return self._inspect(whole)
 
