@@ -142,7 +142,7 @@ def _read_body(request: HttpRequest, attempt: Attempt) -> dict[str, Any]:
             413, f"request body exceeds {settings.CLIRELAY_MAX_BODY_BYTES} bytes", code="request_too_large"
         ) from None
     try:
-        return openai_chat.parse_request(attempt.request_body)
+        return openai_chat.read_body(attempt.request_body)
     except openai_chat.BadRequest as exc:
         raise RelayError(400, str(exc), code="invalid_request") from None
 

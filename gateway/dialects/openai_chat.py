@@ -9,15 +9,14 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects import BadRequest
 from gateway.ir import Usage
 
-
-class BadRequest(ValueError):
-    """The client's body is not a valid request of this dialect."""
+__all__ = ["BadRequest"]
 
 
-def parse_request(body: bytes) -> dict[str, Any]:
-    """Parse and validate a Chat Completions body, raising ``BadRequest`` with a clear reason."""
+def read_body(body: bytes) -> dict[str, Any]:
+    """Decode and check a Chat Completions body, raising ``BadRequest`` with a clear reason."""
     if not body:
         raise BadRequest("request body is empty; expected a JSON object")
     try:

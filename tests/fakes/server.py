@@ -37,7 +37,9 @@ class ThreadedServer:
             timeout_graceful_shutdown=2,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name=name, daemon=True
+        )
 
     def start(self, timeout: float = 10.0) -> ThreadedServer:
         self._thread.start()

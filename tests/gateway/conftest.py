@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from pytest_django.fixtures import SettingsWrapper
+from pytest_django.fixtures import Settings
 
 from channels_app import transport
 from channels_app.models import Channel, ProviderKind
@@ -111,7 +111,11 @@ def gateway(gateway_server: Gateway, upstream: FakeOpenAIUpstream) -> Iterator[G
 
 @pytest.fixture
 def channel(alice: Persona, upstream: FakeOpenAIUpstream) -> Channel:
-    """alice's team's OpenAI-compatible channel, pointing at the fake upstream."""
+    """alice's team's OpenAI-compatible channel, pointing at the fake upstream.
+
+    The fake then accepts only the channel's secret, as a real provider would.
+    """
+    upstream.script.api_key = UPSTREAM_SECRET
     return Channel.objects.create(
         team=alice.team,
         kind=ProviderKind.OPENAI_COMPATIBILITY,
@@ -146,7 +150,7 @@ def http(gateway: Gateway) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def short_read_timeout(settings: SettingsWrapper) -> Iterator[float]:
+def short_read_timeout(settings: Settings) -> Iterator[float]:
     """Upstream reads time out after half a second (clients are rebuilt to pick it up)."""
     settings.CLIRELAY_UPSTREAM_READ_TIMEOUT = 0.5
     transport.use_transport(None)

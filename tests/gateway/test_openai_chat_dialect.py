@@ -29,17 +29,17 @@ RECORDED = (FIXTURES / "stream_with_usage.sse").read_bytes()
 )
 def test_it_rejects_bad_requests_with_a_clear_reason(body: bytes, reason: str) -> None:
     with pytest.raises(openai_chat.BadRequest, match=reason):
-        openai_chat.parse_request(body)
+        openai_chat.read_body(body)
 
 
 def test_the_clients_bytes_go_upstream_untouched_when_nothing_must_change() -> None:
     raw = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
-    assert openai_chat.upstream_body(openai_chat.parse_request(raw), raw, "gpt-4o") is raw
+    assert openai_chat.upstream_body(openai_chat.read_body(raw), raw, "gpt-4o") is raw
 
 
 def test_an_alias_is_rewritten_and_streams_always_ask_for_usage() -> None:
     raw = b'{"model":"alias","stream":true,"stream_options":{"foo":1},"messages":[{"role":"user","content":"hi"}]}'
-    sent = orjson.loads(openai_chat.upstream_body(openai_chat.parse_request(raw), raw, "real-model"))
+    sent = orjson.loads(openai_chat.upstream_body(openai_chat.read_body(raw), raw, "real-model"))
     assert sent["model"] == "real-model"
     assert sent["stream_options"] == {"foo": 1, "include_usage": True}
 
@@ -87,5 +87,10 @@ def test_usage_normalisation_reads_cached_and_reasoning_details() -> None:
 def test_errors_use_the_openai_envelope() -> None:
     body = orjson.loads(openai_chat.error_body("Invalid API key", "authentication_error", "invalid_api_key"))
     assert body == {
-        "error": {"message": "Invalid API key", "type": "authentication_error", "param": None, "code": "invalid_api_key"}
+        "error": {
+            "message": "Invalid API key",
+            "type": "authentication_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
     }

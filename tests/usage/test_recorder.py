@@ -49,7 +49,10 @@ def test_recorded_events_are_written_in_one_batch_with_compressed_bodies() -> No
 @pytest.mark.django_db(transaction=True)
 def test_cost_charges_cached_tokens_once_at_the_cached_price() -> None:
     ModelPrice.objects.create(
-        model="gpt-up*", input_per_million=Decimal("2"), output_per_million=Decimal("8"), cached_per_million=Decimal("0.5")
+        model="gpt-up*",
+        input_per_million=Decimal("2"),
+        output_per_million=Decimal("8"),
+        cached_per_million=Decimal("0.5"),
     )
     ModelPrice.objects.create(model="gpt-upstream", input_per_million=Decimal("1"), output_per_million=Decimal("4"))
     recorder = Recorder(autostart=False)
