@@ -6,6 +6,7 @@ import datetime as dt
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from accounts.keys import display_parts, generate_key, hash_key
@@ -63,7 +64,7 @@ class ChannelGroup(models.Model):
         verbose_name = "routing group"
         constraints = [
             models.UniqueConstraint(fields=["team", "slug"], name="unique_group_slug_per_team"),
-            models.UniqueConstraint(fields=["team", "name"], name="unique_group_name_per_team"),
+            models.UniqueConstraint("team", Lower("name"), name="unique_group_name_per_team"),
         ]
 
     def __str__(self) -> str:

@@ -6,6 +6,7 @@ Credentials and proxy URLs are write-only in forms and masked in lists (gateway.
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db import models
 
 from accounts.admin_scoping import (
     SameTeamForm,
@@ -39,6 +40,7 @@ class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
     ordering = ("team__name", "-priority", "name")
     readonly_fields = ("created_at", "updated_at")
     filter_horizontal = ("groups",)
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = (ChannelKeyInline,)
     fieldsets = (
         (None, {"fields": ("team", "kind", "name", "enabled", "notes")}),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import fnmatch
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.functions import Lower
 
 from gateway.encryption import EncryptedTextField, mask
 
@@ -34,9 +36,10 @@ class ProviderKind(models.TextChoices):
 DEFAULT_BASE_URLS: dict[str, str] = {
     ProviderKind.GEMINI_API_KEY: "https://generativelanguage.googleapis.com",
     ProviderKind.INTERACTIONS_API_KEY: "https://generativelanguage.googleapis.com",
+    ProviderKind.VERTEX_API_KEY: "https://aiplatform.googleapis.com",
     ProviderKind.CLAUDE_API_KEY: "https://api.anthropic.com",
     ProviderKind.CLAUDE: "https://api.anthropic.com",
-    ProviderKind.CODEX_API_KEY: "https://api.openai.com/v1",
+    ProviderKind.CODEX_API_KEY: "https://chatgpt.com/backend-api/codex",
     ProviderKind.CODEX: "https://chatgpt.com/backend-api/codex",
     ProviderKind.GEMINI_CLI: "https://cloudcode-pa.googleapis.com",
     ProviderKind.ANTIGRAVITY: "https://cloudcode-pa.googleapis.com",
@@ -59,6 +62,12 @@ def validate_model_entries(value: Any) -> None:
         isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"].strip() for item in value
     ):
         raise ValidationError('Models must be a list of {"name": "<upstream model>", "alias": "<client name>"}.')
+
+
+def validate_http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter an http:// or https:// URL with a host.")
 
 
 def validate_string_list(value: Any) -> None:
@@ -103,7 +112,12 @@ class Channel(models.Model):
     kind = models.CharField(max_length=32, choices=ProviderKind.choices)
     name = models.CharField(max_length=100)
     notes = models.TextField(blank=True)
-    base_url = models.URLField(max_length=500, blank=True, help_text="Empty: the provider's default endpoint.")
+    base_url = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[validate_http_url],
+        help_text="Empty: the provider's default endpoint. Any http(s) URL, e.g. http://ollama:11434/v1.",
+    )
     secret = EncryptedTextField(blank=True, help_text="API key or token, encrypted at rest.")
     headers = models.JSONField(default=dict, blank=True, validators=[validate_headers])
     served_models = models.JSONField(
@@ -116,7 +130,7 @@ class Channel(models.Model):
         default=list, blank=True, validators=[validate_string_list], help_text='Patterns such as "gemini-2.5-*".'
     )
     prefix = models.CharField(
-        max_length=64, blank=True, help_text="Clients reach this channel's models as <prefix>/<model>."
+        max_length=64, blank=True, help_text="Clients reach this channel's models as prefix/model-name."
     )
     enabled = models.BooleanField(default=True)
     priority = models.IntegerField(default=0, help_text="Higher tiers are tried first.")
@@ -132,7 +146,9 @@ class Channel(models.Model):
 
     class Meta:
         ordering = ["team", "-priority", "name"]
-        constraints = [models.UniqueConstraint(fields=["team", "name"], name="unique_channel_name_per_team")]
+        constraints = [
+            models.UniqueConstraint("team", Lower("name"), name="unique_channel_name_per_team"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kind})"

@@ -16,6 +16,7 @@ from django.contrib import admin
 from django.contrib.admin.options import BaseModelAdmin
 from django.db import models
 from django.http import HttpRequest
+from django.utils.html import escape
 
 from gateway.encryption import EncryptedTextField, mask
 
@@ -54,7 +55,8 @@ class WriteOnlySecretsForm(forms.ModelForm):
     def _write_only_field(self, name: str) -> forms.CharField:
         model_field = self._meta.model._meta.get_field(name)
         current = self._current(name)
-        hint = f"Current: {mask(current)}. Leave empty to keep it." if current else "Not set."
+        # The admin renders help texts unescaped; the masked value is data, so escape it.
+        hint = f"Current: {escape(mask(current))}. Leave empty to keep it." if current else "Not set."
         return forms.CharField(
             label=self.fields[name].label,
             required=not (model_field.blank or current),

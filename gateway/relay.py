@@ -54,6 +54,7 @@ class Attempt:
     usage: Usage | None = None
     captured: list[bytes] = field(default_factory=list)
     captured_size: int = 0
+    finished: bool = False
 
     def capture(self, chunk: bytes) -> None:
         if self.captured_size < _MAX_CAPTURE:
@@ -65,7 +66,14 @@ class Attempt:
             self.ttfb_ms = max(int((time.monotonic() - self.started) * 1000), 1)
 
     def finish(self, status: int, error_type: str = "", error_message: str = "") -> None:
-        """Queue this attempt's usage row (a non-blocking put)."""
+        """Queue this attempt's usage row (a non-blocking put); only the first call counts.
+
+        A failure is recorded where it is understood best (``_open``, ``_once``) and then
+        re-raised as a ``RelayError`` that the view would record again.
+        """
+        if self.finished:
+            return
+        self.finished = True
         usage = self.usage or Usage()
         key, route = self.key, self.route
         record(
@@ -86,7 +94,7 @@ class Attempt:
                 upstream_model=route.upstream_model if route else "",
                 error_type=error_type,
                 error_message=error_message,
-                latency_ms=int((time.monotonic() - self.started) * 1000),
+                latency_ms=max(int((time.monotonic() - self.started) * 1000), 1),
                 ttfb_ms=self.ttfb_ms,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
@@ -222,8 +230,13 @@ async def _once_from_open(attempt: Attempt, response: httpx.Response) -> HttpRes
 
 
 async def _pump(attempt: Attempt, response: httpx.Response, relay: openai_chat.StreamRelay) -> AsyncIterator[bytes]:
-    """Forward upstream SSE events as they arrive; record exactly one usage event at the end."""
+    """Forward upstream SSE events as they arrive; record exactly one usage event at the end.
+
+    A client that hangs up once ``[DONE]`` reached it (the SDKs close at ``[DONE]``, often
+    before the upstream ends its body) got the whole answer: that is a 200, not a 499.
+    """
     status, error_type, message = 499, "client_disconnected", "client closed the connection"
+    done_delivered = False
     try:
         async for chunk in response.aiter_raw():
             attempt.mark_first_byte()
@@ -231,6 +244,7 @@ async def _pump(attempt: Attempt, response: httpx.Response, relay: openai_chat.S
             if out:
                 attempt.capture(out)
                 yield out
+                done_delivered = relay.saw_done
         out = relay.finish()
         if out:
             yield out
@@ -243,6 +257,8 @@ async def _pump(attempt: Attempt, response: httpx.Response, relay: openai_chat.S
         message = f"upstream stream cut off: {exc or type(exc).__name__}"
         yield openai_chat.stream_error_event(message, "upstream_error", "upstream_error")
     finally:
+        if status == 499 and done_delivered:
+            status, error_type, message = 200, "", ""
         attempt.usage = relay.usage
         await response.aclose()
         attempt.finish(status, error_type, message)

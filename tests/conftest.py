@@ -74,8 +74,9 @@ def _fresh_caches() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _plain_static_storage(settings) -> None:
-    """Tests render admin pages without running collectstatic first."""
+def _test_speedups(settings) -> None:
+    """Admin pages render without collectstatic; personas get cheap password hashes."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

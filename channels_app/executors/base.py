@@ -7,6 +7,7 @@ scheduler decides failover from data, not from string matching.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -119,10 +120,27 @@ def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError
 
 
 class Executor(ABC):
-    """Builds upstream calls for one provider family. Subclasses set ``kinds``."""
+    """Builds upstream calls for one provider family.
+
+    ``kinds`` are the channel kinds it serves, ``family`` the wire format those upstreams speak
+    (a ``gateway.dialects`` module), and ``always_stream`` says the upstream is called in
+    streaming mode even for non-stream clients (the answer is then aggregated).
+    """
 
     kinds: tuple[str, ...] = ()
+    family: str = ""
+    always_stream: bool = False
 
     @abstractmethod
-    def build(self, route: Route, body: bytes, stream: bool) -> UpstreamCall:
+    def build(self, route: Route, body: bytes, stream: bool, *, betas: Sequence[str] = ()) -> UpstreamCall:
         """The HTTP request that sends ``body`` (already in this family's format) upstream."""
+
+    def count_tokens(self, route: Route, body: bytes, *, betas: Sequence[str] = ()) -> UpstreamCall | None:
+        """The upstream's own token-count call, or None when it has none (count locally)."""
+        return None
+
+    @staticmethod
+    def with_channel_headers(route: Route, headers: dict[str, str]) -> dict[str, str]:
+        """Channel-configured headers apply last (provider headers first, as config.yaml defines)."""
+        headers.update(route.channel.headers)
+        return headers

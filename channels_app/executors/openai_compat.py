@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from channels_app.executors.base import Executor, UpstreamCall
@@ -13,20 +14,19 @@ if TYPE_CHECKING:
 
 class OpenAICompatExecutor(Executor):
     kinds = (ProviderKind.OPENAI_COMPATIBILITY,)
+    family = "openai"
 
-    def build(self, route: Route, body: bytes, stream: bool) -> UpstreamCall:
-        channel = route.channel
+    def build(self, route: Route, body: bytes, stream: bool, *, betas: Sequence[str] = ()) -> UpstreamCall:
         headers = {"Content-Type": "application/json", "User-Agent": "clirelay-openai-compat"}
         if route.secret:
             headers["Authorization"] = f"Bearer {route.secret}"
         if stream:
             headers["Accept"] = "text/event-stream"
             headers["Cache-Control"] = "no-cache"
-        headers.update(channel.headers)
         return UpstreamCall(
             method="POST",
-            url=f"{channel.base_url}/chat/completions",
-            headers=headers,
+            url=f"{route.channel.base_url}/chat/completions",
+            headers=self.with_channel_headers(route, headers),
             body=body,
             stream=stream,
             proxy_url=route.proxy_url,

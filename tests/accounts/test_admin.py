@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib import admin
 from django.contrib.auth.models import User
 from django.urls import reverse
 
@@ -194,6 +195,18 @@ def test_a_viewer_reads_but_cannot_change(objects: dict[str, Any], alice: Person
     assert group.name == "acme-group"
 
 
+def test_a_viewer_cannot_rotate_a_key(alice: Persona) -> None:
+    client = client_for(viewer_of(alice.team))
+    old_hash = alice.key.key_hash
+
+    assert "Rotate key" not in page(client, change_url(alice.key))
+    assert client.post(reverse("admin:accounts_apikey_rotate", args=[alice.key.pk])).status_code == 403
+    client.post(changelist_url(ApiKey), {"action": "rotate_keys", "_selected_action": [alice.key.pk]})
+
+    alice.key.refresh_from_db()
+    assert alice.key.key_hash == old_hash
+
+
 def test_a_team_admin_may_view_her_team_but_not_change_or_add_teams(alice: Persona, charlie: Persona) -> None:
     client = client_for(alice.user)
 
@@ -216,3 +229,17 @@ def test_a_single_team_admin_gets_her_team_preselected(alice: Persona) -> None:
     html = page(client_for(alice.user), add_url(ChannelGroup))
 
     assert f'<option value="{alice.team.pk}" selected>Acme</option>' in html
+
+
+@pytest.mark.parametrize("who", ["superuser", "alice", "viewer"])
+def test_every_admin_page_of_ours_renders_or_refuses_without_error(
+    objects: dict[str, Any], superuser: User, alice: Persona, who: str
+) -> None:
+    user = {"superuser": superuser, "alice": alice.user, "viewer": None}[who] or viewer_of(alice.team)
+    client = client_for(user)
+    ours = [m for m in admin.site._registry if m._meta.app_label in ("accounts", "channels_app", "usage")]
+
+    assert client.get(reverse("admin:index")).status_code == 200
+    for model in ours:
+        for url in (changelist_url(model), add_url(model)):
+            assert client.get(url, follow=True).status_code in (200, 403), url

@@ -9,6 +9,7 @@ through ``upstream.script`` (or the helpers ``reply``, ``fail``, ``stall``, ``cu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import threading
@@ -27,22 +28,32 @@ _SSE_HEADERS = [
 
 
 class Gate:
-    """Holds an upstream handler until the test calls ``release()`` (from any thread)."""
+    """Holds upstream handlers until the test calls ``release()`` (from any thread)."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._released = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     @property
     def released(self) -> bool:
-        return self._event.is_set()
+        return self._released
 
     def release(self) -> None:
-        self._event.set()
+        with self._lock:
+            self._released = True
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # the server's loop is already closed
+                loop.call_soon_threadsafe(event.set)
 
     async def wait(self) -> None:
-        # Polling keeps the gate usable from any thread without touching the server's loop.
-        while not self._event.is_set():
-            await asyncio.sleep(0.005)
+        event = asyncio.Event()
+        with self._lock:
+            if self._released:
+                return
+            self._waiters.append((asyncio.get_running_loop(), event))
+        await event.wait()
 
 
 @dataclass
@@ -57,7 +68,8 @@ class Script:
     finish_reason: str = "stop"
     model: str | None = None  # the model named in replies; None echoes the request's
     chunk_delay: float = 0.0  # seconds between stream events
-    gate: Gate | None = None  # a stream waits after its first event until released
+    gate: Gate | None = None  # a stream waits after event ``gate_after_event`` until released
+    gate_after_event: int = 0  # 0 = the first event; negative counts from the end (-1 = after [DONE])
     status: int = 200
     error: dict[str, Any] | None = None  # the ``error`` object sent with ``status``
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers (Retry-After …)
@@ -167,7 +179,12 @@ class FakeOpenAIUpstream:
 
     def hold_after_first_chunk(self) -> Gate:
         """Make streams wait after their first event until the returned gate is released."""
+        return self.hold_after_event(0)
+
+    def hold_after_event(self, index: int) -> Gate:
+        """Make streams wait after event ``index`` (-1: after ``[DONE]``, before the body ends)."""
         self.script.gate = Gate()
+        self.script.gate_after_event = index
         return self.script.gate
 
     def stall(self) -> None:
@@ -239,16 +256,18 @@ class FakeOpenAIUpstream:
             recorded.completed = True
 
     async def _stream(self, script: Script, recorded: RecordedRequest, payload: dict[str, Any], send: Any) -> None:
-        headers = _SSE_HEADERS + [(b"x-request-id", _request_id().encode())]
+        headers = [*_SSE_HEADERS, (b"x-request-id", _request_id().encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in script.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        for index, event in enumerate(_stream_events(script, payload)):
+        events = _stream_events(script, payload)
+        hold_at = script.gate_after_event % len(events) if script.gate is not None else None
+        for index, event in enumerate(events):
             if script.cut_off_after is not None and index >= script.cut_off_after:
                 # Returning with the body unfinished makes uvicorn drop the connection.
                 return
             await send({"type": "http.response.body", "body": event, "more_body": True})
             recorded.events_sent += 1
-            if index == 0 and script.gate is not None:
+            if index == hold_at and script.gate is not None:
                 await script.gate.wait()
             elif script.chunk_delay:
                 await asyncio.sleep(script.chunk_delay)
@@ -282,7 +301,9 @@ def _request_error(recorded: RecordedRequest) -> dict[str, Any] | None:
     if not isinstance(payload, dict):
         return error_object(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
-            "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.",
+            "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. "
+            "If you have trouble figuring out how to fix this, please contact us through our help center at "
+            "help.openai.com.)",
             "invalid_request_error",
         )
     if not payload.get("model"):

@@ -71,6 +71,12 @@ class Gateway:
         return f"{self.url}/v1"
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Settings) -> None:
+    """Persona users are created per test; the default hasher spends about a second on each."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def fake_upstream_server() -> Iterator[FakeOpenAIUpstream]:
     fake = FakeOpenAIUpstream().start()

@@ -269,6 +269,21 @@ def test_a_request_completes_while_the_database_is_write_locked_and_its_row_land
     assert len(logged_rows()) == 2
 
 
+def test_a_client_that_hangs_up_after_done_but_before_the_upstream_closes_leaves_a_200_row(
+    logged_rows: Rows, openai_client: openai.OpenAI, upstream: FakeOpenAIUpstream
+) -> None:
+    upstream.reply("Complete.", prompt_tokens=5, completion_tokens=1)
+    upstream.hold_after_event(-1)  # the upstream keeps the body open after [DONE]
+
+    chunks = list(openai_client.chat.completions.create(model=CLIENT_MODEL, messages=MESSAGES, stream=True))
+    # The SDK stops at [DONE] and closes its connection; the gateway sees the client go.
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Complete."
+    [row] = logged_rows()
+    assert (row.status_code, row.error_type) == (200, "")
+    assert (row.input_tokens, row.output_tokens) == (5, 1)
+
+
 def test_a_client_that_hangs_up_mid_stream_leaves_a_499_row_with_what_was_seen(
     logged_rows: Rows, http: httpx.Client, alice: Persona, channel: Channel, upstream: FakeOpenAIUpstream
 ) -> None:
@@ -392,7 +407,7 @@ def test_an_upstream_500_is_a_502_carrying_the_upstream_message(
         openai_client.chat.completions.create(model=CLIENT_MODEL, messages=MESSAGES)
 
     assert caught.value.status_code == 502
-    assert caught.value.message == "The server had an error while processing your request."
+    assert caught.value.body["message"] == "The server had an error while processing your request."
     [row] = logged_rows()
     assert (row.status_code, row.error_message) == (502, "The server had an error while processing your request.")
 
@@ -445,7 +460,7 @@ def test_an_upstream_429_is_a_429_with_its_retry_after(
 
     assert caught.value.status_code == 429
     assert caught.value.response.headers["retry-after"] == "7"
-    assert caught.value.message.startswith("Rate limit reached for gpt-upstream")
+    assert caught.value.body["message"].startswith("Rate limit reached for gpt-upstream")
 
 
 def test_an_upstream_400_is_a_400_with_its_message(openai_client: openai.OpenAI, upstream: FakeOpenAIUpstream) -> None:
@@ -456,7 +471,7 @@ def test_an_upstream_400_is_a_400_with_its_message(openai_client: openai.OpenAI,
         openai_client.chat.completions.create(model=CLIENT_MODEL, messages=MESSAGES, temperature=1.0)
 
     assert caught.value.status_code == 400
-    assert caught.value.message == message
+    assert caught.value.body["message"] == message
 
 
 def test_a_stream_the_upstream_cuts_off_ends_with_an_error_the_sdk_raises(

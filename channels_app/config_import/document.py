@@ -124,7 +124,7 @@ class Value:
             return default
         if isinstance(self.raw, dict | list):
             raise self.error(f"must be a single value, got {_shown(self.raw)}")
-        return str(self.raw).strip()
+        return str(self.raw).lower() if isinstance(self.raw, bool) else str(self.raw).strip()
 
     def integer(self, default: int = 0) -> int:
         """A whole number."""

@@ -1,0 +1,434 @@
+"""``manage.py import_config``: a CliRelay config.yaml becomes keys, channels, routing and settings.
+
+``tests/fixtures/config/example.yaml`` is the reference example as shipped; ``full.yaml`` is the
+same file with every commented section uncommented.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection, models
+
+from accounts.keys import hash_key
+from accounts.models import ApiKey, ChannelGroup, PathRoute, Team
+from channels_app.config_import import ConfigError, ImportReport, import_config
+from channels_app.models import Channel, ChannelKey, ProxyEntry, RuntimeSettings
+from gateway.encryption import decrypt
+from tests.conftest import Persona
+from usage.models import LogStorageSettings
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "config"
+EXAMPLE = FIXTURES / "example.yaml"
+FULL = FIXTURES / "full.yaml"
+FULL_TEXT = FULL.read_text()
+
+_TABLES: tuple[Any, ...] = (
+    Team,
+    ApiKey,
+    ApiKey.allowed_channel_groups.through,
+    ApiKey.allowed_channels.through,
+    Channel,
+    Channel.groups.through,
+    ChannelKey,
+    ChannelGroup,
+    PathRoute,
+    ProxyEntry,
+    RuntimeSettings,
+    LogStorageSettings,
+)
+
+
+def _command(path: Path, *args: str) -> str:
+    out = StringIO()
+    call_command("import_config", str(path), *args, stdout=out)
+    return out.getvalue()
+
+
+def _snapshot() -> dict[str, list[dict[str, Any]]]:
+    """Every row the importer may touch, timestamps included."""
+    return {table._meta.label: list(table.objects.order_by("pk").values()) for table in _TABLES}
+
+
+def _line(text: str, needle: str) -> int:
+    return next(number for number, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def _stored(table: type[models.Model], column: str, pk: int) -> str:
+    """A column exactly as the database holds it, bypassing field decryption."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {column} FROM {table._meta.db_table} WHERE id = %s", [pk])
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture
+def full(db: None) -> ImportReport:
+    return import_config(FULL_TEXT)
+
+
+# --- the reference files -----------------------------------------------------------------------
+
+
+def test_the_shipped_example_imports_cleanly(db: None) -> None:
+    out = _command(EXAMPLE)
+
+    assert "API keys: 3 created, 0 updated, 0 unchanged" in out
+    assert "unknown key" not in out
+    team = Team.objects.get(slug="default")
+    for number in (1, 2, 3):
+        key = ApiKey.objects.for_raw_key(f"your-api-key-{number}").get()
+        assert (key.team, key.name, key.enabled) == (team, f"api-key-{number}", True)
+    runtime = RuntimeSettings.objects.get()
+    assert (runtime.request_retry, runtime.max_retry_interval, runtime.routing_strategy) == (3, 30, "round-robin")
+    assert runtime.include_default_group and not runtime.allow_unauthenticated
+    storage = LogStorageSettings.objects.get()
+    assert (storage.store_content, storage.content_retention_days, storage.max_total_size_mb) == (True, 30, 1024)
+
+
+def test_client_keys_are_stored_hashed_and_never_in_plain(full: ImportReport) -> None:
+    raws = ["sk-user-pro", "sk-team-a", "your-api-key-1", "your-api-key-2", "your-api-key-3"]
+
+    names = [ApiKey.objects.for_raw_key(raw).get().name for raw in raws]
+
+    assert names == ["Pro User", "Team A", "api-key-1", "api-key-2", "api-key-3"]
+    assert ApiKey.objects.get(name="Pro User").key_hash == hash_key("sk-user-pro")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT * FROM {ApiKey._meta.db_table}")
+        cells = [str(cell) for row in cursor.fetchall() for cell in row]
+    assert not [cell for cell in cells for raw in raws if raw in cell]
+
+
+def test_every_channel_kind_is_stored_with_its_secret_encrypted(full: ImportReport) -> None:
+    kinds = dict(Channel.objects.values_list("name", "kind"))
+
+    assert kinds == {
+        "gemini-api-key-1": "gemini-api-key",
+        "gemini-api-key-2": "gemini-api-key",
+        "claude-api-key-1": "claude-api-key",
+        "claude-api-key-2": "claude-api-key",
+        "codex-api-key-1": "codex-api-key",
+        "vertex-api-key-1": "vertex-api-key",
+        "openrouter": "openai-compatibility",
+    }
+    gemini = Channel.objects.get(name="gemini-api-key-2")
+    stored = _stored(Channel, "secret", gemini.pk)
+    assert stored.startswith("fernet:") and "AIzaSy" not in stored
+    assert decrypt(stored) == gemini.secret == "AIzaSy...02"
+    proxied = Channel.objects.get(name="codex-api-key-1")
+    assert decrypt(_stored(Channel, "proxy_url", proxied.pk)) == "socks5://proxy.example.com:1080"
+
+
+def test_channel_models_aliases_and_exclusions_are_kept(full: ImportReport) -> None:
+    gemini = Channel.objects.get(name="gemini-api-key-1")
+    vertex = Channel.objects.get(name="vertex-api-key-1")
+
+    assert (gemini.prefix, gemini.base_url) == ("test", "https://generativelanguage.googleapis.com")
+    assert gemini.headers == {"X-Custom-Header": "custom-value"}
+    assert gemini.served_models == [{"name": "gemini-2.5-flash", "alias": "gemini-flash"}]
+    assert gemini.excluded_models == ["gemini-2.5-pro", "gemini-2.5-*", "*-preview", "*flash*"]
+    assert gemini.model_routes() == []  # its own exclusions cover its only model
+    assert vertex.model_routes() == [("vertex-flash", "gemini-2.5-flash"), ("vertex-pro", "gemini-2.5-pro")]
+
+
+def test_claude_cloak_goes_into_options_and_sensitive_words_are_reported(full: ImportReport) -> None:
+    claude = Channel.objects.get(name="claude-api-key-2")
+
+    assert claude.options == {"cloak": {"mode": "auto", "strict-mode": False, "cache-user-id": True}}
+    assert Channel.objects.get(name="claude-api-key-1").options == {}
+    line = _line(FULL_TEXT, "sensitive-words:")
+    assert any(w.startswith(f"line {line}: claude-api-key[1].cloak.sensitive-words is not") for w in full.warnings)
+
+
+def test_openai_compatible_extra_keys_become_channel_keys(full: ImportReport) -> None:
+    openrouter = Channel.objects.get(name="openrouter")
+
+    assert (openrouter.secret, openrouter.proxy_url) == ("sk-or-v1-...b780", "socks5://proxy.example.com:1080")
+    assert [(k.secret, k.proxy_url) for k in openrouter.extra_keys.all()] == [("sk-or-v1-...b781", "")]
+    assert openrouter.model_routes() == [("kimi-k2", "moonshotai/kimi-k2:free")]
+    assert _stored(ChannelKey, "secret", openrouter.extra_keys.get().pk).startswith("fernet:")
+
+
+def test_routing_groups_path_routes_and_key_scopes_are_stored(full: ImportReport) -> None:
+    pro, team_a = ChannelGroup.objects.get(slug="pro"), ChannelGroup.objects.get(slug="team-a")
+    routes = {route.path: (route.group, route.strip_prefix, route.fallback) for route in PathRoute.objects.all()}
+
+    assert (pro.name, pro.priority, pro.description, pro.match_prefixes) == ("pro", 100, "Paid channels", ["pro"])
+    assert (team_a.match_prefixes, team_a.match_channels) == (["team-a"], ["Team A Codex"])
+    assert routes == {"/pro": (pro, True, "none"), "/team-a": (team_a, True, "default")}
+    assert list(ApiKey.objects.get(name="Pro User").allowed_channel_groups.all()) == [pro]
+    team_key = ApiKey.objects.get(name="Team A")
+    assert set(team_key.allowed_channel_groups.all()) == {pro, team_a}
+    # Its only allowed channel does not exist; an empty list would allow every channel.
+    assert not team_key.enabled and not team_key.allowed_channels.exists()
+    assert any("api-key-entries[1] is imported disabled" in warning for warning in full.warnings)
+
+
+def test_runtime_settings_payload_and_oauth_maps_are_stored(full: ImportReport) -> None:
+    runtime = RuntimeSettings.objects.get()
+
+    assert (runtime.streaming_keepalive_seconds, runtime.streaming_bootstrap_retries) == (15, 1)
+    assert runtime.oauth_model_alias["gemini-cli"] == [{"name": "gemini-2.5-pro", "alias": "g2.5p", "fork": True}]
+    assert sorted(runtime.oauth_model_alias) == sorted(runtime.oauth_excluded_models)
+    assert runtime.oauth_excluded_models["codex"] == ["gpt-5-codex-mini"]
+    rules = runtime.payload_rules
+    assert sorted(rules) == ["default", "default-raw", "filter", "override", "override-raw"]
+    override = {"models": [{"name": "gpt-*", "protocol": "codex"}], "params": {"reasoning.effort": "high"}}
+    assert rules["override"] == [override]
+    assert rules["default-raw"][0]["params"]["generationConfig.responseJsonSchema"].startswith('{"type":"object"')
+    assert rules["filter"][0]["params"][0] == "generationConfig.thinkingConfig.thinkingBudget"
+
+
+def test_keys_without_meaning_here_are_reported_as_ignored_and_r10_keys_as_unsupported(full: ImportReport) -> None:
+    assert f"line {_line(FULL_TEXT, 'ampcode:')}: ampcode: ignored: " in "\n".join(full.ignored)
+    assert any(line.startswith("line 7: host: ignored: set HOST and PORT") for line in full.ignored)
+    switch = f"line {_line(FULL_TEXT, 'switch-project:')}: quota-exceeded.switch-project is not supported"
+    assert f"{switch}; add one credential per project instead" in full.warnings
+    assert not [warning for warning in full.warnings if "unknown key" in warning]
+
+
+# --- idempotence -------------------------------------------------------------------------------
+
+
+def test_reimporting_the_same_file_changes_nothing(full: ImportReport) -> None:
+    before = _snapshot()
+
+    out = _command(FULL)
+
+    assert _snapshot() == before  # updated_at included
+    counts = [line for line in out.splitlines() if " created, " in line]
+    assert len(counts) == 8 and all(", 0 updated" in line and line.split(":")[1].startswith(" 0 ") for line in counts)
+    assert "Nothing changed." in out
+
+
+def test_a_changed_value_updates_only_what_changed(full: ImportReport) -> None:
+    before = _snapshot()
+    text = FULL_TEXT.replace("request-retry: 3", "request-retry: 5").replace('"sk-or-v1-...b781"', '"sk-new"')
+
+    report = import_config(text)
+
+    changed = {label: t for label, t in report.tallies.items() if t.created or t.updated or t.deleted}
+    assert {label: (t.created, t.updated, t.deleted) for label, t in changed.items()} == {
+        "runtime settings": (0, 1, 0),
+        "extra channel keys": (1, 0, 1),
+    }
+    assert RuntimeSettings.objects.get().request_retry == 5
+    assert _snapshot()["channels_app.Channel"] == before["channels_app.Channel"]
+    assert [k.secret for k in Channel.objects.get(name="openrouter").extra_keys.all()] == ["sk-new"]
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_a_syntax_error_names_its_line_and_writes_nothing(db: None, tmp_path: Path) -> None:
+    import_config(EXAMPLE.read_text())
+    before = _snapshot()
+    broken = tmp_path / "config.yaml"
+    broken.write_text(FULL_TEXT.replace("max-retry-interval: 30", "max-retry-interval: 30: 40"))
+
+    with pytest.raises(CommandError, match=rf"line {_line(FULL_TEXT, 'max-retry-interval: 30')}, column \d+: YAML"):
+        _command(broken)
+
+    assert _snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("original", "broken", "problem"),
+    [
+        ("request-retry: 3", 'request-retry: "abc"', "request-retry must be a whole number, got 'abc'"),
+        ("api-key-entries:", 'api-key-entries: "sk-user-pro"\nold-entries:', "api-key-entries must be a list"),
+        ("content-retention-days: 30", "content-retention-days: [30]", "content-retention-days must be a whole"),
+        ("  strategy: ", "  strategy: random #", "routing.strategy must be round-robin or fill-first"),
+    ],
+)
+def test_a_wrong_type_names_its_line_and_writes_nothing(db: None, original: str, broken: str, problem: str) -> None:
+    import_config(EXAMPLE.read_text())
+    before = _snapshot()
+
+    with pytest.raises(ConfigError) as error:
+        import_config(FULL_TEXT.replace(original, broken, 1))
+
+    assert str(error.value).startswith(f"line {_line(FULL_TEXT, original)}: ")
+    assert problem in str(error.value)
+    assert _snapshot() == before
+
+
+def test_a_raw_payload_value_must_be_valid_json(db: None) -> None:
+    text = 'payload:\n  override-raw:\n    - models: [{name: "gpt-*"}]\n      params:\n        x: "{not json"\n'
+
+    with pytest.raises(ConfigError, match=r"^line 5: payload.override-raw\[0\].params.x must be valid JSON"):
+        import_config(text)
+
+
+def test_a_missing_file_is_a_clear_error(db: None, tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="cannot read"):
+        _command(tmp_path / "absent.yaml")
+
+
+def test_an_unknown_team_is_an_error(db: None) -> None:
+    with pytest.raises(ConfigError, match="no team with slug 'nope'"):
+        import_config("api-keys: [k]\n", "nope")
+    assert not Team.objects.exists()
+
+
+def test_two_channels_with_one_name_are_an_error(db: None) -> None:
+    text = "gemini-api-key:\n  - api-key: a\n    name: Main\nclaude-api-key:\n  - api-key: b\n    name: main\n"
+
+    with pytest.raises(ConfigError, match=r"^line 5: claude-api-key\[0\] is named 'main', like the channel on line 2"):
+        import_config(text)
+    assert not Channel.objects.exists()
+
+
+def test_reserved_paths_cannot_be_routed(db: None) -> None:
+    text = "routing:\n  channel-groups: [{name: pro}]\n  path-routes:\n    - {path: /v1, group: pro}\n"
+
+    with pytest.raises(ConfigError, match=r"^line 4: routing\.path-routes\[0\]\.path /v1 is reserved"):
+        import_config(text)
+
+
+# --- everything else the format says -----------------------------------------------------------
+
+
+def test_unknown_keys_are_reported_not_fatal(db: None) -> None:
+    text = "frobnicate: 1\ngemini-api-key:\n  - api-key: k\n    colour: red\nrouting:\n  wibble: true\n"
+
+    report = import_config(text + "quota-exceeded: true\n")
+
+    assert report.warnings == [
+        "line 1: unknown key: frobnicate",
+        "line 7: quota-exceeded is not a mapping; ignored",
+        "line 4: unknown key: gemini-api-key[0].colour",
+        "line 6: unknown key: routing.wibble",
+    ]
+    assert Channel.objects.get().secret == "k"
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [("ff", "fill-first"), ("fillfirst", "fill-first"), ("Fill-First", "fill-first"), ("rr", "round-robin")],
+)
+def test_routing_strategy_aliases_are_accepted(db: None, written: str, stored: str) -> None:
+    import_config(f"routing:\n  strategy: {written}\n")
+
+    assert RuntimeSettings.objects.get().routing_strategy == stored
+
+
+@pytest.mark.parametrize(
+    ("block", "stored"),
+    [
+        ("{content-retention-days: -5, max-total-size-mb: -1, cleanup-interval-minutes: 0}", (True, 0, 1440, 0, True)),
+        (
+            "{store-content: false, content-retention-days: 0, cleanup-interval-minutes: 0, "
+            "max-total-size-mb: 0, vacuum-on-cleanup: false}",
+            (True, 30, 1440, 1024, True),
+        ),
+        ("{store-content: false, content-retention-days: 7}", (False, 7, 1440, 1024, True)),
+    ],
+)
+def test_log_storage_is_normalised_as_the_reference_does(db: None, block: str, stored: tuple[Any, ...]) -> None:
+    import_config(f"request-log-storage: {block}\n")
+
+    fields = ("store_content", "content_retention_days", "cleanup_interval_minutes", "max_total_size_mb")
+    assert LogStorageSettings.objects.values_list(*fields, "vacuum_on_cleanup").get() == stored
+
+
+def test_a_section_the_file_leaves_out_keeps_its_stored_values(db: None) -> None:
+    RuntimeSettings.objects.create(pk=1, disable_cooling=True, request_retry=9)
+
+    import_config("request-retry: 2\n")
+
+    assert RuntimeSettings.objects.values_list("disable_cooling", "request_retry").get() == (True, 2)
+
+
+def test_key_entry_limits_are_stored(db: None) -> None:
+    text = (
+        "api-key-entries:\n  - key: sk-limited\n    disabled: true\n    daily-limit: 100\n    total-quota: 1000\n"
+        "    spending-limit: 12.5\n    concurrency-limit: 2\n    rpm-limit: 60\n    tpm-limit: -1\n"
+        "    allowed-models: [gpt-*]\n    system-prompt: Be brief.\n    created-at: 2025-03-01T08:00:00Z\n"
+    )
+
+    report = import_config(text)
+
+    key = ApiKey.objects.for_raw_key("sk-limited").get()
+    assert not key.enabled
+    assert (key.daily_request_limit, key.total_request_limit, key.concurrency_limit) == (100, 1000, 2)
+    assert (key.spending_limit_usd, key.rpm_limit, key.tpm_limit) == (Decimal("12.5"), 60, 0)
+    assert (key.allowed_models, key.system_prompt, key.created_at.isoformat()) == (
+        ["gpt-*"],
+        "Be brief.",
+        "2025-03-01T08:00:00+00:00",
+    )
+    assert report.warnings == ["line 9: api-key-entries[0].tpm-limit is negative; stored as 0"]
+    assert import_config(text).changes == 0
+
+
+def test_blank_key_names_are_backfilled_around_the_names_the_team_uses(alice: Persona) -> None:
+    ApiKey(team=alice.team, name="api-key-1", key_hash="x" * 64).save()
+
+    import_config("api-key-entries:\n  - key: k3\n  - key: k4\n    name: api-key-3\napi-keys: [k1]\n", "acme")
+
+    names = {raw: ApiKey.objects.for_raw_key(raw).get().name for raw in ("k3", "k4", "k1")}
+    assert names == {"k3": "api-key-2", "k4": "api-key-3", "k1": "api-key-4"}
+
+
+def test_an_import_into_alices_team_leaves_charlies_alone(alice: Persona, charlie: Persona) -> None:
+    charlies_key = ApiKey.objects.filter(team=charlie.team).values().get()
+
+    import_config(FULL_TEXT, "acme")
+
+    assert Channel.objects.filter(team=alice.team).count() == 7
+    assert not Channel.objects.filter(team=charlie.team).exists()
+    assert not ChannelGroup.objects.filter(team=charlie.team).exists()
+    assert not PathRoute.objects.filter(team=charlie.team).exists()
+    assert ApiKey.objects.filter(team=charlie.team).values().get() == charlies_key
+    assert not Team.objects.filter(slug="default").exists()
+
+
+def test_a_key_of_another_team_is_refused_and_nothing_is_written(alice: Persona, charlie: Persona) -> None:
+    text = f"gemini-api-key:\n  - api-key: g\napi-keys:\n  - {charlie.raw_key}\n"
+
+    with pytest.raises(ConfigError, match=r"^line 4: api-keys\[0\] is already a key of another team"):
+        import_config(text, "acme")
+
+    assert not Channel.objects.exists()
+    assert ApiKey.objects.for_raw_key(charlie.raw_key).get().team == charlie.team
+
+
+def test_pool_proxies_are_imported_and_channels_point_at_them(db: None) -> None:
+    text = (
+        "proxy-pool:\n"
+        "  - {id: HK Proxy, url: 'socks5://user:pw@hk.example:1080', description: Hong Kong}\n"
+        "  - {id: broken, url: 'ftp://nowhere'}\n"
+        "  - {id: hk-proxy, url: 'http://again.example:8080'}\n"
+        "gemini-api-key:\n  - {api-key: g, proxy-id: hk proxy}\n  - {api-key: h, proxy-id: gone}\n"
+    )
+
+    report = import_config(text)
+
+    proxy = ProxyEntry.objects.get()
+    assert (proxy.name, proxy.url, proxy.description, proxy.enabled) == (
+        "hk-proxy",
+        "socks5://user:pw@hk.example:1080",
+        "Hong Kong",
+        True,
+    )
+    assert decrypt(_stored(ProxyEntry, "url", proxy.pk)) == proxy.url
+    assert Channel.objects.get(name="gemini-api-key-1").proxy == proxy
+    assert Channel.objects.get(name="gemini-api-key-2").proxy is None
+    assert [warning.split(":")[0] for warning in report.warnings] == ["line 3", "line 4", "line 7"]
+
+
+def test_a_key_restricted_to_a_channel_prefix_gets_that_implicit_group(db: None) -> None:
+    text = "codex-api-key: [{api-key: c, prefix: team}]\napi-key-entries: [{key: k, allowed-channel-groups: [team]}]\n"
+
+    import_config(text)
+
+    key = ApiKey.objects.for_raw_key("k").get()
+    group = key.allowed_channel_groups.get()
+    assert key.enabled and (group.name, group.match_prefixes) == ("team", ["team"])
+    assert list(group.channels.values_list("secret", flat=True)) == ["c"]
+    assert import_config(text).changes == 0
