@@ -1,240 +1,213 @@
 """One request's path: key → route → translate → execute → back → record.
 
 Before the first byte: one key lookup (cached), the routing table (in memory), one upstream
-call. While streaming: bytes in, bytes out, usage read on the way. In the generator's
-``finally`` one usage event is queued for the recorder, partial usage included, with status
-499 when the client went away.
+call. When the client's dialect is the upstream's family the body passes through with only the
+model and the family's sanitising changed; otherwise it goes through the IR
+(``B.render_request(A.parse_request(body))``) and the answer comes back the same way. While
+streaming: bytes in, bytes out. Each attempt queues one usage event for the recorder.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
-from django.utils import timezone
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
-from accounts.access import KeySnapshot, aresolve_api_key
-from channels_app import scheduler, transport
-from channels_app.executors.base import UpstreamCall, UpstreamError, UpstreamTimeout, UpstreamUnreachable, classify
+from accounts.access import aresolve_api_key
+from channels_app import scheduler
+from channels_app.executors.base import Executor
 from channels_app.executors.registry import executor_for
-from gateway.dialects import openai_chat
+from gateway import ir, media, thinking, tokens
+from gateway.client_dialects import (
+    FAMILY_MODULES,
+    FAMILY_PARSERS,
+    GEMINI,
+    OPENAI_CHAT,
+    ClientDialect,
+    Incoming,
+    header_betas,
+    is_codex_client,
+)
+from gateway.dialects import BadRequest, anthropic_messages, gemini, openai_chat, openai_responses
 from gateway.errors import RelayError
-from gateway.ir import Usage
-from usage.models import Dialect
-from usage.recorder import UsageEvent, record
+from gateway.pumps import (
+    Attempt,
+    UpstreamRejection,
+    open_call,
+    pump_passthrough,
+    pump_translated,
+    read_all,
+    read_events,
+    streaming_response,
+)
 
 log = logging.getLogger(__name__)
-_MAX_CAPTURE = 1024 * 1024  # response bytes kept for the log, per attempt
-
-
-@dataclass(slots=True)
-class Attempt:
-    """What one request has learned so far; becomes its usage event."""
-
-    dialect: str
-    path: str
-    started: float = field(default_factory=time.monotonic)
-    started_at: Any = field(default_factory=timezone.now)
-    request_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    key: KeySnapshot | None = None
-    route: scheduler.Route | None = None
-    model: str = ""
-    stream: bool = False
-    request_body: bytes = b""
-    ttfb_ms: int = 0
-    usage: Usage | None = None
-    captured: list[bytes] = field(default_factory=list)
-    captured_size: int = 0
-    finished: bool = False
-
-    def capture(self, chunk: bytes) -> None:
-        if self.captured_size < _MAX_CAPTURE:
-            self.captured.append(chunk)
-            self.captured_size += len(chunk)
-
-    def mark_first_byte(self) -> None:
-        if not self.ttfb_ms:
-            self.ttfb_ms = max(int((time.monotonic() - self.started) * 1000), 1)
-
-    def finish(self, status: int, error_type: str = "", error_message: str = "") -> None:
-        """Queue this attempt's usage row (a non-blocking put); only the first call counts.
-
-        A failure is recorded where it is understood best (``_open``, ``_once``) and then
-        re-raised as a ``RelayError`` that the view would record again.
-        """
-        if self.finished:
-            return
-        self.finished = True
-        usage = self.usage or Usage()
-        key, route = self.key, self.route
-        record(
-            UsageEvent(
-                time=self.started_at,
-                request_id=self.request_id,
-                client_dialect=self.dialect,
-                path=self.path,
-                requested_model=self.model,
-                stream=self.stream,
-                status_code=status,
-                team_id=key.team_id if key else None,
-                api_key_id=key.id if key else None,
-                key_display=key.display if key else "",
-                channel_id=route.channel.id if route else None,
-                channel_name=route.channel.name if route else "",
-                upstream_kind=route.channel.kind if route else "",
-                upstream_model=route.upstream_model if route else "",
-                error_type=error_type,
-                error_message=error_message,
-                latency_ms=max(int((time.monotonic() - self.started) * 1000), 1),
-                ttfb_ms=self.ttfb_ms,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached_tokens=usage.cached_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                total_tokens=usage.total_tokens,
-                request_body=self.request_body,
-                response_body=b"".join(self.captured),
-            )
-        )
+_OPENAI_FAMILY = frozenset({"openai", "responses"})
 
 
 def error_response(err: RelayError) -> HttpResponse:
-    """A ``RelayError`` in the OpenAI envelope."""
-    response = HttpResponse(
-        openai_chat.error_body(err.message, err.error_type, err.code),
-        status=err.status,
-        content_type="application/json",
-    )
-    if err.retry_after is not None:
-        response["Retry-After"] = str(err.retry_after)
-    return response
+    """A ``RelayError`` in the OpenAI envelope (endpoints that are OpenAI-only)."""
+    return OPENAI_CHAT.error_response(err)
 
 
-async def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    """``POST /v1/chat/completions``."""
-    attempt = Attempt(dialect=Dialect.OPENAI_CHAT, path=request.path)
+async def handle(
+    request: HttpRequest, client: ClientDialect, *, path_model: str = "", action: str = ""
+) -> HttpResponseBase:
+    """Serve one generation request in ``client``'s dialect."""
+    attempt = Attempt(dialect=client.name, path=request.path)
     try:
         attempt.key = await aresolve_api_key(request)
-        payload = _read_body(request, attempt)
-        attempt.model, attempt.stream = payload["model"], bool(payload.get("stream"))
-        if not attempt.key.allows_model(attempt.model):
-            raise RelayError(403, f"model '{attempt.model}' is not allowed for this API key", code="model_not_allowed")
-        attempt.route = route = scheduler.choose(await scheduler.table(), attempt.key, attempt.model)
+        incoming = _incoming(request, client, attempt, path_model, action)
+        attempt.model, attempt.stream = incoming.model, incoming.stream
+        base_model, suffix = _check_model(attempt, incoming.model)
+        attempt.route = route = scheduler.choose(await scheduler.table(), attempt.key, base_model)
         executor = executor_for(route.channel.kind)
         assert executor is not None  # the routing table holds only kinds with an executor
-        body = openai_chat.upstream_body(payload, attempt.request_body, route.upstream_model)
-        call = executor.build(route, body, attempt.stream)
-        if attempt.stream:
-            return await _stream(attempt, call, openai_chat.wants_stream_usage(payload))
-        return await _once(attempt, call)
+        if executor.family == client.family and suffix is None:
+            return await _passthrough(attempt, client, incoming, executor)
+        return await _translated(attempt, client, incoming, executor, suffix)
+    except UpstreamRejection as err:
+        return _rejection(client, err, same_family=attempt.route is not None and _same_family(client, attempt))
     except RelayError as err:
         if attempt.key is not None and err.status not in (401, 403, 404):
             attempt.finish(err.status, err.code, err.message)
-        return error_response(err)
+        return client.error_response(err)
+    except (BadRequest, thinking.ThinkingError) as exc:
+        return client.error_response(RelayError(400, str(exc), code="invalid_request"))
 
 
-def _read_body(request: HttpRequest, attempt: Attempt) -> dict[str, Any]:
+def _same_family(client: ClientDialect, attempt: Attempt) -> bool:
+    route = attempt.route
+    executor = executor_for(route.channel.kind) if route else None
+    return executor is not None and executor.family == client.family
+
+
+def _rejection(client: ClientDialect, err: UpstreamRejection, *, same_family: bool) -> HttpResponse:
+    """An upstream's refusal: its own body when it speaks the client's dialect and the fault is the
+    client's (400, 404, 413, 422, 429); otherwise its message in the client's envelope."""
+    if same_family and err.body and err.upstream_status in (400, 404, 409, 413, 422, 429):
+        response = HttpResponse(err.body, status=err.upstream_status, content_type=err.content_type)
+        if err.retry_after is not None:
+            response["Retry-After"] = str(max(err.retry_after, 1))
+        return response
+    return client.error_response(err)
+
+
+def _check_model(attempt: Attempt, model: str) -> tuple[str, ir.Thinking | None]:
+    assert attempt.key is not None
+    if not attempt.key.allows_model(model):
+        raise RelayError(403, f"model '{model}' is not allowed for this API key", code="model_not_allowed")
+    return thinking.parse_suffix(model)
+
+
+def _read_raw(request: HttpRequest, attempt: Attempt) -> bytes:
     try:
         attempt.request_body = request.body
     except RequestDataTooBig:
         raise RelayError(
             413, f"request body exceeds {settings.CLIRELAY_MAX_BODY_BYTES} bytes", code="request_too_large"
         ) from None
+    return attempt.request_body
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise BadRequest("request body is empty; expected a JSON object")
     try:
-        return openai_chat.read_body(attempt.request_body)
-    except openai_chat.BadRequest as exc:
-        raise RelayError(400, str(exc), code="invalid_request") from None
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object")
+    return payload
 
 
-async def _send(call: UpstreamCall) -> httpx.Response:
-    """Open the upstream response (headers read, body not yet), mapping transport failures."""
-    client = transport.client_for(call.proxy_url)
-    request = client.build_request(call.method, call.url, headers=call.headers, content=call.body, params=call.params)
-    try:
-        return await client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"upstream timed out: {type(exc).__name__}") from None
-    except httpx.HTTPError as exc:
-        raise UpstreamUnreachable(f"upstream unreachable: {exc or type(exc).__name__}") from None
+def _incoming(request: HttpRequest, client: ClientDialect, attempt: Attempt, path_model: str, action: str) -> Incoming:
+    """Decode the request: body, model and stream flag, wherever this dialect keeps them."""
+    raw = _read_raw(request, attempt)
+    if client is OPENAI_CHAT:
+        payload = openai_chat.read_body(raw)
+        return Incoming(payload, payload["model"], bool(payload.get("stream")))
+    payload = _json_object(raw)
+    if client is GEMINI:
+        model = gemini.strip_models_prefix(path_model)
+        return Incoming(payload, model, action == "streamGenerateContent", sse=request.GET.get("alt") == "sse")
+    named = payload.get("model")
+    if not isinstance(named, str) or not named.strip():
+        raise BadRequest("'model' is required and must be a non-empty string")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean")
+    return Incoming(payload, named, stream, betas=header_betas(request), codex_client=is_codex_client(request))
 
 
-async def _open(attempt: Attempt, call: UpstreamCall) -> httpx.Response:
-    """Send ``call``; on an upstream error status, record the failure and raise it as a RelayError."""
-    try:
-        response = await _send(call)
-        if response.status_code >= 400:
-            body = await response.aread()
-            await response.aclose()
-            attempt.capture(body)
-            raise classify(response.status_code, body, response.headers.get("retry-after"))
-    except UpstreamError as err:
-        attempt.finish(err.status, err.error_type, err.message)
-        retry_after = int(err.cooldown_s) if err.cooldown_s is not None else None
-        raise RelayError(
-            err.status, err.message, code="upstream_error", error_type=err.error_type, retry_after=retry_after
-        ) from None
-    return response
+# --- same dialect: pass-through -------------------------------------------------------------
 
 
-async def _once(attempt: Attempt, call: UpstreamCall) -> HttpResponse:
-    response = await _open(attempt, call)
-    try:
-        body = await response.aread()
-    except httpx.HTTPError as exc:
-        attempt.finish(502, "upstream_error", f"upstream response cut off: {exc}")
-        raise RelayError(502, "upstream response was cut off", code="upstream_error") from None
-    finally:
-        await response.aclose()
-    attempt.mark_first_byte()
-    attempt.capture(body)
-    try:
-        attempt.usage = openai_chat.usage_from(orjson.loads(body).get("usage"))
-    except (orjson.JSONDecodeError, AttributeError):
-        log.warning(
-            "upstream %s returned a body that is not a JSON object", attempt.route and attempt.route.channel.name
+async def _passthrough(
+    attempt: Attempt, client: ClientDialect, incoming: Incoming, executor: Executor
+) -> HttpResponseBase:
+    route = attempt.route
+    assert route is not None
+    family, upstream_model = executor.family, route.upstream_model
+    betas: list[str] = []
+    if family == "openai":
+        body = openai_chat.upstream_body(incoming.payload, attempt.request_body, upstream_model)
+    elif family == "claude":
+        sanitized, betas = anthropic_messages.sanitize_passthrough(incoming.payload, upstream_model, incoming.betas)
+        body = orjson.dumps(sanitized)
+    elif family == "gemini":
+        body = orjson.dumps(gemini.normalize_request(incoming.payload))
+    else:
+        body = orjson.dumps(openai_responses.codex_body(incoming.payload, upstream_model))
+    upstream_stream = incoming.stream or executor.always_stream
+    response = await open_call(attempt, executor.build(route, body, upstream_stream, betas=betas))
+    if family == "openai":
+        return await _openai_passthrough(attempt, incoming, response)
+    parser = FAMILY_PARSERS[family](None)
+    if incoming.stream:
+        if family == "gemini" and not incoming.sse:
+            array = _SseToJsonArray()
+            return streaming_response(
+                pump_passthrough(attempt, response, parser, array.feed, array.finish), "application/json"
+            )
+        return streaming_response(
+            pump_passthrough(attempt, response, parser), response.headers.get("content-type", "text/event-stream")
         )
+    if upstream_stream:  # a Responses client asked for one JSON answer from an always-streaming upstream
+        req = client.parse(incoming)
+        return _aggregated_answer(
+            attempt, client, req, await read_events(attempt, response, FAMILY_PARSERS[family](req))
+        )
+    raw = await read_all(attempt, response)
+    _track_answer(attempt, family, raw)
     attempt.finish(response.status_code)
-    return HttpResponse(body, status=response.status_code, content_type="application/json")
+    return HttpResponse(raw, status=response.status_code, content_type="application/json")
 
 
-async def _stream(attempt: Attempt, call: UpstreamCall, client_wants_usage: bool) -> HttpResponseBase:
-    response = await _open(attempt, call)
-    if not response.headers.get("content-type", "").startswith("text/event-stream"):
-        # Some upstreams answer a stream request with one JSON body; pass it on as it came.
-        return await _once_from_open(attempt, response)
-    relay = openai_chat.StreamRelay(client_wants_usage)
-    streaming = StreamingHttpResponse(_pump(attempt, response, relay), content_type="text/event-stream")
-    streaming["Cache-Control"] = "no-cache"
-    streaming["X-Accel-Buffering"] = "no"
-    return streaming
-
-
-async def _once_from_open(attempt: Attempt, response: httpx.Response) -> HttpResponse:
-    try:
-        body = await response.aread()
-    finally:
-        await response.aclose()
-    attempt.mark_first_byte()
-    attempt.capture(body)
+async def _openai_passthrough(attempt: Attempt, incoming: Incoming, response: httpx.Response) -> HttpResponseBase:
+    is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+    if incoming.stream and is_sse:
+        relay = openai_chat.StreamRelay(openai_chat.wants_stream_usage(incoming.payload))
+        return streaming_response(_relay_openai_stream(attempt, response, relay), "text/event-stream")
+    raw = await read_all(attempt, response)
+    _track_answer(attempt, "openai", raw)
     attempt.finish(response.status_code)
-    return HttpResponse(body, status=response.status_code, content_type=response.headers.get("content-type"))
+    return HttpResponse(
+        raw, status=response.status_code, content_type=response.headers.get("content-type", "application/json")
+    )
 
 
-async def _pump(attempt: Attempt, response: httpx.Response, relay: openai_chat.StreamRelay) -> AsyncIterator[bytes]:
-    """Forward upstream SSE events as they arrive; record exactly one usage event at the end.
-
-    A client that hangs up once ``[DONE]`` reached it (the SDKs close at ``[DONE]``, often
-    before the upstream ends its body) got the whole answer: that is a 200, not a 499.
-    """
+async def _relay_openai_stream(
+    attempt: Attempt, response: httpx.Response, relay: openai_chat.StreamRelay
+) -> AsyncIterator[bytes]:
+    """OpenAI → OpenAI: forward whole SSE events as they come; the relay reads usage on the way."""
     status, error_type, message = 499, "client_disconnected", "client closed the connection"
     done_delivered = False
     try:
@@ -247,18 +220,174 @@ async def _pump(attempt: Attempt, response: httpx.Response, relay: openai_chat.S
                 done_delivered = relay.saw_done
         out = relay.finish()
         if out:
+            attempt.capture(out)
             yield out
         status, error_type, message = 200, "", ""
         if relay.upstream_error is not None:
             status, error_type = 502, "upstream_error"
             message = str(relay.upstream_error.get("message", "upstream error in stream"))
     except httpx.HTTPError as exc:
-        status, error_type = 502, "upstream_error"
-        message = f"upstream stream cut off: {exc or type(exc).__name__}"
-        yield openai_chat.stream_error_event(message, "upstream_error", "upstream_error")
+        timeout = isinstance(exc, httpx.TimeoutException)
+        status, error_type = (504, "timeout_error") if timeout else (502, "upstream_error")
+        message = "upstream stream stalled" if timeout else f"upstream stream cut off: {exc or type(exc).__name__}"
+        yield openai_chat.stream_error_event(message, error_type, "upstream_error")
     finally:
         if status == 499 and done_delivered:
             status, error_type, message = 200, "", ""
         attempt.usage = relay.usage
         await response.aclose()
         attempt.finish(status, error_type, message)
+
+
+def _track_answer(attempt: Attempt, family: str, raw: bytes) -> None:
+    """Usage of a non-stream answer, read with the family's own parser."""
+    try:
+        answer = orjson.loads(raw)
+        if isinstance(answer, dict):
+            attempt.usage = FAMILY_MODULES[family].parse_response(answer).usage
+    except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        log.warning("could not read usage from a %s answer", family)
+
+
+class _SseToJsonArray:
+    """Gemini SSE frames re-shaped as the JSON array a client without ``alt=sse`` expects."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._count = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._tail + chunk
+        lines = data.split(b"\n")
+        self._tail = lines.pop()
+        out: list[bytes] = []
+        for line in lines:
+            line = line.strip()
+            if line.startswith(b"data:") and line[5:].strip():
+                out.append((b"[" if self._count == 0 else b",") + line[5:].strip())
+                self._count += 1
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        rest = self.feed(b"\n")
+        return rest + (b"]" if self._count else b"[]")
+
+
+# --- different dialects: through the IR -----------------------------------------------------
+
+
+def _same_provider_family(a: str, b: str) -> bool:
+    return a == b or (a in _OPENAI_FAMILY and b in _OPENAI_FAMILY)
+
+
+async def _translated(
+    attempt: Attempt, client: ClientDialect, incoming: Incoming, executor: Executor, suffix: ir.Thinking | None
+) -> HttpResponseBase:
+    route = attempt.route
+    assert route is not None
+    req = client.parse(incoming)
+    if suffix is not None:
+        suffix.include_thoughts = req.thinking.include_thoughts if req.thinking else None
+        req.thinking = suffix
+    same = _same_provider_family(client.family, executor.family)
+    req.thinking = thinking.resolve(
+        req.thinking, route.upstream_model, same_family=same, from_suffix=suffix is not None
+    )
+    family = executor.family
+    if family == "gemini":
+        await media.inline_remote_images(req)
+    body, betas = _render_upstream(req, family, route.upstream_model)
+    upstream_stream = incoming.stream or executor.always_stream or family == "claude"
+    response = await open_call(attempt, executor.build(route, body, upstream_stream, betas=betas))
+    parser = FAMILY_PARSERS[family](req)
+    if incoming.stream:
+        estimate = tokens.estimate_request(req) if client.family == "claude" and family != "claude" else 0
+        renderer = client.renderer(req, incoming, estimate)
+        content_type = "application/json" if client is GEMINI and not incoming.sse else "text/event-stream"
+        return streaming_response(pump_translated(attempt, response, parser, renderer), content_type)
+    if upstream_stream:
+        return _aggregated_answer(attempt, client, req, await read_events(attempt, response, parser))
+    raw = await read_all(attempt, response)
+    try:
+        answer = FAMILY_MODULES[family].parse_response(orjson.loads(raw), req)
+    except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError, KeyError):
+        attempt.finish(502, "upstream_error", "upstream answer is not valid JSON")
+        raise RelayError(502, "upstream answered with a body that is not valid JSON", code="upstream_error") from None
+    attempt.usage = answer.usage
+    attempt.finish(200)
+    return HttpResponse(client.render_response(answer, req), content_type="application/json")
+
+
+def _render_upstream(req: ir.Request, family: str, upstream_model: str) -> tuple[bytes, list[str]]:
+    """The upstream body (model rewritten) and the ``anthropic-beta`` values to send with it."""
+    client_model, req.model = req.model, upstream_model
+    try:
+        module = FAMILY_MODULES[family]
+        body = module.render_request(req)
+        betas = anthropic_messages.upstream_betas(req) if family == "claude" else []
+    finally:
+        req.model = client_model
+    return orjson.dumps(body), betas
+
+
+def _aggregated_answer(
+    attempt: Attempt, client: ClientDialect, req: ir.Request, aggregate: ir.Aggregator
+) -> HttpResponse:
+    if aggregate.error is not None:
+        error = aggregate.error
+        attempt.finish(error.status, error.type or "upstream_error", error.message)
+        raise RelayError(error.status, error.message, code="upstream_error", error_type=error.type)
+    attempt.finish(200)
+    return HttpResponse(client.render_response(aggregate.response, req), content_type="application/json")
+
+
+# --- token counting -------------------------------------------------------------------------
+
+
+async def count_tokens(request: HttpRequest, client: ClientDialect, *, path_model: str = "") -> HttpResponseBase:
+    """``/v1/messages/count_tokens`` and Gemini ``:countTokens``: the upstream's count, else a local one."""
+    attempt = Attempt(dialect=client.name, path=request.path)
+    try:
+        attempt.key = await aresolve_api_key(request)
+        incoming = _incoming(request, client, attempt, path_model, "countTokens")
+        base_model, _ = _check_model(attempt, incoming.model)
+        route = scheduler.choose(await scheduler.table(), attempt.key, base_model)
+        executor = executor_for(route.channel.kind)
+        assert executor is not None
+        if client is GEMINI:
+            req = gemini.parse_count_tokens_request(incoming.payload, incoming.model)
+        else:
+            req = anthropic_messages.parse_count_tokens_request(incoming.payload, betas=incoming.betas)
+        count = await _upstream_count(executor, route, req)
+        if count is None:
+            count = tokens.estimate_request(req)
+        module = gemini if client is GEMINI else anthropic_messages
+        return HttpResponse(orjson.dumps(module.count_tokens_response(count)), content_type="application/json")
+    except UpstreamRejection as err:
+        return client.error_response(err)
+    except RelayError as err:
+        return client.error_response(err)
+    except (BadRequest, thinking.ThinkingError) as exc:
+        return client.error_response(RelayError(400, str(exc), code="invalid_request"))
+
+
+async def _upstream_count(executor: Executor, route: scheduler.Route, req: ir.Request) -> int | None:
+    family = executor.family
+    module = FAMILY_MODULES[family]
+    if not hasattr(module, "render_count_tokens"):
+        return None
+    client_model, req.model = req.model, route.upstream_model
+    try:
+        body = orjson.dumps(module.render_count_tokens(req))
+        betas = anthropic_messages.upstream_betas(req, count_tokens=True) if family == "claude" else []
+    finally:
+        req.model = client_model
+    call = executor.count_tokens(route, body, betas=betas)
+    if call is None:
+        return None
+    throwaway = Attempt(dialect="", path="")
+    throwaway.finished = True  # token counts are not logged as generation attempts
+    response = await open_call(throwaway, call)
+    answer = orjson.loads(await read_all(throwaway, response))
+    value = answer.get("input_tokens") if family == "claude" else answer.get("totalTokens")
+    return int(value) if isinstance(value, int) else None

@@ -302,8 +302,10 @@ class StreamParser:
             block.custom = name in self._custom
             if content.get("input"):
                 block.initial = orjson.dumps(content["input"]).decode()
-            kind_ = "custom" if block.custom else "function"
-            events.append(ir.ToolCallStart(block.ordinal, content.get("id") or "", name, kind=kind_))
+            call = ir.ToolCallStart(block.ordinal, content.get("id") or "", name)
+            if block.custom:
+                call.kind = "custom"
+            events.append(call)
 
     def _block_stop(self, obj: dict[str, Any], events: list[ir.Event]) -> None:
         block = self._blocks.get(obj.get("index", -1))
@@ -313,7 +315,9 @@ class StreamParser:
             events.append(ir.ReasoningDone(signature=block.signature, family="claude"))
         elif block.kind == "tool_use":
             if block.custom:
-                events.append(ir.ToolCallDelta(block.ordinal, unwrap_custom_input("".join(block.args) or block.initial)))
+                events.append(
+                    ir.ToolCallDelta(block.ordinal, unwrap_custom_input("".join(block.args) or block.initial))
+                )
             elif block.initial and not block.args:
                 events.append(ir.ToolCallDelta(block.ordinal, block.initial))
             events.append(ir.ToolCallEnd(block.ordinal))
@@ -398,7 +402,7 @@ class StreamRenderer:
         if self._done:
             return
         if isinstance(event, ir.StreamError):
-            self._done = True
+            self._done, self._open = True, None  # no block is left open for the hot path to write to
             out.append(sse_error(event.status, event.message))
             return
         if isinstance(event, ir.UsageUpdate):
@@ -445,17 +449,15 @@ class StreamRenderer:
 
     def _message_start(self, start: ir.Start | None, out: list[bytes]) -> None:
         self._started = True
-        usage = ir.Usage()
         if start is not None:
             self._model = start.model or self._model
-            usage = start.usage or usage
-            self._usage = self._usage.merged(usage)
-        wire = usage_to_claude(usage)
+            self._usage = self._usage.merged(start.usage or ir.Usage())
+        wire = usage_to_claude(self._usage)
         wire["input_tokens"] = wire["input_tokens"] or self._estimate or 1
         wire["output_tokens"] = 0
         self._start_input = wire["input_tokens"]
         msg_id = start.id if start is not None and start.id else "msg_" + secrets.token_hex(12)
-        message = {
+        message: dict[str, Any] = {
             "id": msg_id,
             "type": "message",
             "role": "assistant",
@@ -513,7 +515,9 @@ class StreamRenderer:
             self._open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""}, _THINKING_MID, out)
         if signature:
             delta = {"type": "signature_delta", "signature": signature}
-            out.append(frame(b"content_block_delta", {"type": "content_block_delta", "index": self._index - 1, "delta": delta}))
+            out.append(
+                frame(b"content_block_delta", {"type": "content_block_delta", "index": self._index - 1, "delta": delta})
+            )
         self._close(out)
 
     # -- tool calls ----------------------------------------------------------------------------

@@ -22,13 +22,13 @@ Node = dict[str, Any]
 PLACEHOLDER_REASON = "Brief explanation of why you are calling this tool"
 
 # Keywords whose value is one sub-schema, a list of them, or a map of name -> sub-schema.
-_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames")
-_ONE += ("additionalItems", "unevaluatedProperties", "unevaluatedItems")
+_ONE: tuple[str, ...] = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+_ONE += ("propertyNames", "additionalItems", "unevaluatedProperties", "unevaluatedItems")
 _MANY = ("anyOf", "oneOf", "allOf", "prefixItems")
 _NAMED = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 
-CONSTRAINTS = ("minLength", "maxLength", "exclusiveMinimum", "exclusiveMaximum", "pattern", "minItems")
-CONSTRAINTS += ("maxItems", "uniqueItems", "format", "default", "examples")
+CONSTRAINTS: tuple[str, ...] = ("minLength", "maxLength", "exclusiveMinimum", "exclusiveMaximum", "pattern")
+CONSTRAINTS += ("minItems", "maxItems", "uniqueItems", "format", "default", "examples")
 _UNSUPPORTED = frozenset(
     (
         *CONSTRAINTS,
@@ -178,7 +178,9 @@ def _repair_malformed(root: Node) -> None:
     def visit(node: Node) -> None:
         kind = node.get("type")
         if not (isinstance(kind, str) and kind in _PRIMITIVES):
-            stray = [k for k, v in node.items() if k not in _KEYWORDS and not k.startswith("x-") and isinstance(v, dict)]
+            stray = [
+                k for k, v in node.items() if k not in _KEYWORDS and not k.startswith("x-") and isinstance(v, dict)
+            ]
             if stray:
                 props = node.setdefault("properties", {})
                 if isinstance(props, dict):
@@ -188,13 +190,12 @@ def _repair_malformed(root: Node) -> None:
         props = node.get("properties")
         if isinstance(props, dict):
             for name, prop in props.items():
-                if isinstance(prop, dict) and isinstance(prop.get("required"), bool):
-                    if prop.pop("required"):
-                        required = node.get("required")
-                        if not isinstance(required, list):
-                            required = node["required"] = []
-                        if name not in required:
-                            required.append(name)
+                if isinstance(prop, dict) and isinstance(prop.get("required"), bool) and prop.pop("required"):
+                    required = node.get("required")
+                    if not isinstance(required, list):
+                        required = node["required"] = []
+                    if name not in required:
+                        required.append(name)
 
     _walk(root, visit)
 

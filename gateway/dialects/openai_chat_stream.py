@@ -100,7 +100,7 @@ _FINISH_TO_WIRE: dict[str, str] = {
 
 def finish_from(native: str, *, saw_tool: bool) -> ir.Finish:
     """The IR finish of an upstream ``finish_reason``; a produced tool call wins (§3.5)."""
-    reason = _FINISH_FROM_WIRE.get(native, "other")
+    reason = _FINISH_FROM_WIRE.get(native, "other") if native else "stop"
     if saw_tool:
         reason = "tool_calls"
     elif reason == "tool_calls":
@@ -146,6 +146,11 @@ def error_envelope(status: int, message: str, code: str | None = None) -> dict[s
         ("server_error", "internal_server_error") if status >= 500 else ("invalid_request_error", None)
     )
     return {"error": {"message": message, "type": kind, "param": None, "code": code or default_code}}
+
+
+def stream_error(status: int, message: str, code: str | None = None) -> bytes:
+    """An error inside an SSE stream, as OpenAI sends it (the SDKs raise ``APIError``); no ``[DONE]`` follows."""
+    return _frame(error_envelope(status, message, code))
 
 
 def stream_error_from(error: Any) -> ir.StreamError:
@@ -447,15 +452,15 @@ class StreamRenderer:
     def feed(self, event: ir.Event) -> bytes:
         if type(event) is ir.TextDelta and self._open:  # the hot path
             text = event.text
-            return self._pre + b'{"content":' + orjson.dumps(text) + _OPEN_TAIL if text else b""
+            return self._pre + b'{"content":' + orjson.dumps(text) + b"}" + _OPEN_TAIL if text else b""
         if self._finished or (self._closed and not isinstance(event, ir.UsageUpdate)):
             return b""
         if isinstance(event, ir.UsageUpdate):
             self._usage = self._usage.merged(event.usage)
             return b""
         if isinstance(event, ir.StreamError):
-            self._closed = self._finished = True
-            return _frame(error_envelope(event.status, event.message))
+            self._open, self._closed, self._finished = False, True, True
+            return stream_error(event.status, event.message)
         head = b"" if self._open else self._start(event if isinstance(event, ir.Start) else None)
         return head + self._content(event)
 

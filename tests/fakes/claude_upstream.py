@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from tests.fakes.upstream import (
     FakeUpstream,
     Handler,
@@ -26,7 +28,6 @@ from tests.fakes.upstream import (
     Script,
     Send,
     fragments,
-    frame_json,
     joined,
     pieces,
     random_id,
@@ -99,7 +100,12 @@ class FakeClaudeUpstream(FakeUpstream):
         reset = int(time.time()) + retry_after
         stamp = datetime.fromtimestamp(reset, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         headers = {"retry-after": str(retry_after)}
-        for kind, limit in (("requests", "50"), ("tokens", "40000"), ("input-tokens", "30000"), ("output-tokens", "8000")):
+        for kind, limit in (
+            ("requests", "50"),
+            ("tokens", "40000"),
+            ("input-tokens", "30000"),
+            ("output-tokens", "8000"),
+        ):
             headers[f"anthropic-ratelimit-{kind}-limit"] = limit
             headers[f"anthropic-ratelimit-{kind}-remaining"] = "0"
             headers[f"anthropic-ratelimit-{kind}-reset"] = stamp
@@ -284,9 +290,12 @@ def _stream_events(script: ClaudeScript, payload: dict[str, Any], blocks: list[_
     if script.ping:
         events.append(("ping", {"type": "ping"}))
     for index, block in enumerate(blocks):
-        events.append(("content_block_start", {"type": "content_block_start", "index": index, "content_block": block.start}))
+        events.append(
+            ("content_block_start", {"type": "content_block_start", "index": index, "content_block": block.start})
+        )
         events += [
-            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}) for delta in block.deltas
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            for delta in block.deltas
         ]
         events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
     reason, sequence = _stop(script)
@@ -295,11 +304,14 @@ def _stream_events(script: ClaudeScript, payload: dict[str, Any], blocks: list[_
         full = _usage(script, script.completion_tokens)
         usage = {k: full[k] for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")} | usage
     events.append(
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage})
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage},
+        )
     )
     events.append(("message_stop", {"type": "message_stop"}))
     return events
 
 
 def _sse(name: str, data: Any) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + frame_json(data) + b"\n\n"
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

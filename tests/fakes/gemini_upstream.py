@@ -31,7 +31,6 @@ from tests.fakes.upstream import (
     RecordedRequest,
     Script,
     Send,
-    frame_json,
     joined,
     pieces,
     random_id,
@@ -121,7 +120,12 @@ class FakeGeminiUpstream(FakeUpstream):
             },
             {
                 "@type": "type.googleapis.com/google.rpc.Help",
-                "links": [{"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}],
+                "links": [
+                    {
+                        "description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                    }
+                ],
             },
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
         ]
@@ -198,7 +202,9 @@ class FakeGeminiUpstream(FakeUpstream):
         return self.error_object(503, message)
 
     # --- handlers --------------------------------------------------------------------------
-    async def _action(self, action: str, model: str | None, script: Script, recorded: RecordedRequest, send: Send) -> None:
+    async def _action(
+        self, action: str, model: str | None, script: Script, recorded: RecordedRequest, send: Send
+    ) -> None:
         assert isinstance(script, GeminiScript)
         payload = recorded.json
         if not isinstance(payload, dict):
@@ -239,7 +245,7 @@ class FakeGeminiUpstream(FakeUpstream):
         separator = script.sse_separator.encode()
 
         def frame(payload: Any) -> bytes:
-            return b"data: " + frame_json(payload) + separator
+            return b"data: " + orjson.dumps(payload) + separator
 
         await self.stream(
             script,
@@ -250,7 +256,9 @@ class FakeGeminiUpstream(FakeUpstream):
             error_frame=lambda _index: frame({"error": script.midstream_error}),
         )
 
-    async def _stream_array(self, script: GeminiScript, recorded: RecordedRequest, send: Send, chunks: list[Any]) -> None:
+    async def _stream_array(
+        self, script: GeminiScript, recorded: RecordedRequest, send: Send, chunks: list[Any]
+    ) -> None:
         # Google streams a pretty-printed array: "[{…}\n,\r\n{…}\n]".
         def element(index: int, payload: Any) -> bytes:
             return (b"[" if index == 0 else b"\n,\r\n") + orjson.dumps(payload, option=orjson.OPT_INDENT_2)
@@ -265,11 +273,15 @@ class FakeGeminiUpstream(FakeUpstream):
             closing=b"\n]",
         )
 
-    async def _count_tokens(self, script: Script, recorded: RecordedRequest, payload: dict[str, Any], send: Send) -> None:
+    async def _count_tokens(
+        self, script: Script, recorded: RecordedRequest, payload: dict[str, Any], send: Send
+    ) -> None:
         inner = payload.get("generateContentRequest")
         if isinstance(inner, dict):
             if not inner.get("model"):
-                await self.send_error(send, 400, "* CountTokensRequest.generate_content_request.model: model is required\n")
+                await self.send_error(
+                    send, 400, "* CountTokensRequest.generate_content_request.model: model is required\n"
+                )
                 return
             counted = word_count([inner.get("contents"), inner.get("systemInstruction"), inner.get("tools")])
         elif "contents" in payload:
@@ -288,7 +300,11 @@ class FakeGeminiUpstream(FakeUpstream):
 def _usage(script: GeminiScript, *, final: bool) -> dict[str, Any]:
     details = [{"modality": "TEXT", "tokenCount": script.prompt_tokens}]
     if not final:
-        return {"promptTokenCount": script.prompt_tokens, "totalTokenCount": script.prompt_tokens, "promptTokensDetails": details}
+        return {
+            "promptTokenCount": script.prompt_tokens,
+            "totalTokenCount": script.prompt_tokens,
+            "promptTokensDetails": details,
+        }
     counts = {
         "promptTokenCount": script.prompt_tokens,
         "candidatesTokenCount": script.completion_tokens,
@@ -304,7 +320,7 @@ def _usage(script: GeminiScript, *, final: bool) -> dict[str, Any]:
 
 
 def _call_parts(script: GeminiScript) -> list[dict[str, Any]]:
-    parts = []
+    parts: list[dict[str, Any]] = []
     for call in script.tool_calls:
         function_call: dict[str, Any] = {"name": call.name, "args": call.arguments}
         if call.id is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import secrets
 import threading
@@ -87,8 +88,9 @@ class RecordedRequest:
     headers: dict[str, str]  # names lower-cased
     body: bytes
     json: Any  # None when the body is not JSON
+    # Counted before each write, so a client that has read event n knows n were handed over.
     events_sent: int = 0
-    completed: bool = False
+    completed: bool = False  # the whole answer (every event, [DONE] included) was handed over
 
     @property
     def authorization(self) -> str:
@@ -158,6 +160,10 @@ class FakeOpenAIUpstream:
     # --- scripting -------------------------------------------------------------------------
     def reply(self, text: str, **fields: Any) -> None:
         """Answer with ``text``; ``fields`` set other ``Script`` attributes (usage numbers …)."""
+        known = {f.name for f in dataclasses.fields(Script)}
+        for name in fields:
+            if name not in known:
+                raise AttributeError(f"Script has no field '{name}'")
         self.script.text = text
         for name, value in fields.items():
             setattr(self.script, name, value)
@@ -252,8 +258,8 @@ class FakeOpenAIUpstream:
         if payload.get("stream"):
             await self._stream(script, recorded, payload, send)
         else:
-            await _send_json(send, 200, _completion(script, payload), script.headers)
             recorded.completed = True
+            await _send_json(send, 200, _completion(script, payload), script.headers)
 
     async def _stream(self, script: Script, recorded: RecordedRequest, payload: dict[str, Any], send: Any) -> None:
         headers = [*_SSE_HEADERS, (b"x-request-id", _request_id().encode())]
@@ -265,14 +271,14 @@ class FakeOpenAIUpstream:
             if script.cut_off_after is not None and index >= script.cut_off_after:
                 # Returning with the body unfinished makes uvicorn drop the connection.
                 return
-            await send({"type": "http.response.body", "body": event, "more_body": True})
             recorded.events_sent += 1
+            recorded.completed = index == len(events) - 1
+            await send({"type": "http.response.body", "body": event, "more_body": True})
             if index == hold_at and script.gate is not None:
                 await script.gate.wait()
             elif script.chunk_delay:
                 await asyncio.sleep(script.chunk_delay)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        recorded.completed = True
 
 
 def _auth_error(script: Script, recorded: RecordedRequest) -> dict[str, Any] | None:

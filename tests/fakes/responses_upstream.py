@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from tests.fakes.upstream import (
     FakeUpstream,
     Handler,
@@ -27,7 +29,6 @@ from tests.fakes.upstream import (
     Script,
     Send,
     fragments,
-    frame_json,
     joined,
     pieces,
     random_id,
@@ -94,7 +95,10 @@ class FakeResponsesUpstream(FakeUpstream):
         """An ``error`` (or ``response.failed``) event after ``after_events`` events; no terminal event follows."""
         self.script.error_after = after_events
         self.script.failed_event = failed_event
-        self.script.midstream_error = {"code": code, "message": message or "An error occurred while processing your request."}
+        self.script.midstream_error = {
+            "code": code,
+            "message": message or "An error occurred while processing your request.",
+        }
 
     # --- provider hooks --------------------------------------------------------------------
     def route(self, recorded: RecordedRequest) -> Handler | None:
@@ -110,7 +114,9 @@ class FakeResponsesUpstream(FakeUpstream):
                 "You didn't provide an API key. You need to provide your API key in an Authorization header "
                 "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
-            return 401, self.error_body({"message": message, "type": "invalid_request_error", "param": None, "code": None})
+            return 401, self.error_body(
+                {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+            )
         return 401, self.error_body(self.error_object(401, "Incorrect API key provided."))
 
     def error_object(self, status: int, message: str | None) -> dict[str, Any]:
@@ -264,12 +270,20 @@ def _reasoning_events(script: ResponsesScript, index: int, output: list[dict[str
     where = {"item_id": item_id, "output_index": index, "summary_index": 0}
     # The added item carries a snapshot that differs from the final encrypted_content.
     added = {"id": item_id, "type": "reasoning", "encrypted_content": "gAAAAB-snapshot", "summary": []}
-    done = {"id": item_id, "type": "reasoning", "encrypted_content": script.signature, "summary": [{"type": "summary_text", "text": full}]}
+    done = {
+        "id": item_id,
+        "type": "reasoning",
+        "encrypted_content": script.signature,
+        "summary": [{"type": "summary_text", "text": full}],
+    }
     output.append(done)
     return [
         {"type": "response.output_item.added", "output_index": index, "item": added},
         {"type": "response.reasoning_summary_part.added", **where, "part": {"type": "summary_text", "text": ""}},
-        *({"type": "response.reasoning_summary_text.delta", **where, "delta": p} for p in pieces(script.reasoning or "")),
+        *(
+            {"type": "response.reasoning_summary_text.delta", **where, "delta": p}
+            for p in pieces(script.reasoning or "")
+        ),
         {"type": "response.reasoning_summary_text.done", **where, "text": full},
         {"type": "response.reasoning_summary_part.done", **where, "part": {"type": "summary_text", "text": full}},
         {"type": "response.output_item.done", "output_index": index, "item": done},
@@ -322,7 +336,9 @@ def _call_events(script: ResponsesScript, first_index: int, output: list[dict[st
             {"type": "response.function_call_arguments.done", **where, "arguments": arguments},
             {"type": "response.output_item.done", "output_index": index, "item": done},
         ]
-        per_call.append(([{"type": "response.output_item.added", "output_index": index, "item": added}], deltas, closing))
+        per_call.append(
+            ([{"type": "response.output_item.added", "output_index": index, "item": added}], deltas, closing)
+        )
     if not script.interleave_tool_calls:
         return [event for opening, deltas, closing in per_call for event in opening + deltas + closing]
     events = [event for opening, _, _ in per_call for event in opening]
@@ -332,4 +348,4 @@ def _call_events(script: ResponsesScript, first_index: int, output: list[dict[st
 
 
 def _sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + frame_json(event) + b"\n\n"
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"

@@ -10,6 +10,7 @@ same way, with the names ``tests.fakes.openai_upstream`` uses:
 * ``fail(status, message)`` answers with the provider's error body before any stream starts;
   ``fail_midstream(after_events, ...)`` sends the provider's in-stream error event after that many events;
   ``cut_off(after_events)`` drops the connection mid-body; ``stall()`` never answers;
+  ``stall_after(after_events)`` sends headers and that many events, then falls silent;
   ``hold_after_first_chunk()`` / ``hold_after_event(i)`` return a ``Gate`` the stream waits on.
 * ``fake.requests`` / ``fake.last`` are what the fake received (method, path, query, headers, JSON body).
 
@@ -20,6 +21,7 @@ Token numbers are reported verbatim in each provider's own fields (``prompt_toke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import string
@@ -40,22 +42,33 @@ DEFAULT_SIGNATURE = "ZmFrZS1zaWduYXR1cmU6AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxw
 
 
 class Gate:
-    """Holds an upstream handler until the test calls ``release()`` (from any thread)."""
+    """Holds upstream handlers until the test calls ``release()`` (from any thread)."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._released = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     @property
     def released(self) -> bool:
-        return self._event.is_set()
+        return self._released
 
     def release(self) -> None:
-        self._event.set()
+        with self._lock:
+            self._released = True
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            # The server's loop may already be closed when a test releases late.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
 
     async def wait(self) -> None:
-        # Polling keeps the gate usable from any thread without touching the server's loop.
-        while not self._event.is_set():
-            await asyncio.sleep(0.005)
+        event = asyncio.Event()
+        with self._lock:
+            if self._released:
+                return
+            self._waiters.append((asyncio.get_running_loop(), event))
+        await event.wait()
 
 
 @dataclass
@@ -93,6 +106,7 @@ class Script:
     error_after: int | None = None  # stream events sent before the in-stream error event
     midstream_error: dict[str, Any] | None = None  # the inner error object of that event
     stall: bool = False  # never answer (until ``reset()``)
+    stall_after: int | None = None  # stream events sent before the fake falls silent (until ``reset()``)
     api_key: str | None = None  # when set, any other credential gets the provider's 401
 
 
@@ -151,10 +165,6 @@ def word_count(value: Any) -> int:
     if isinstance(value, list):
         return sum(word_count(v) for v in value)
     return 0
-
-
-def frame_json(payload: Any) -> bytes:
-    return orjson.dumps(payload)
 
 
 class FakeUpstream:
@@ -239,6 +249,10 @@ class FakeUpstream:
         """Accept requests and never answer them (until ``reset()``)."""
         self.script.stall = True
 
+    def stall_after(self, after_events: int) -> None:
+        """Send the stream's headers and ``after_events`` events, then fall silent until ``reset()``."""
+        self.script.stall_after = after_events
+
     def cut_off(self, after_events: int) -> None:
         """Drop the connection of a stream after ``after_events`` events, mid-body."""
         self.script.cut_off_after = after_events
@@ -297,9 +311,7 @@ class FakeUpstream:
 
     async def _answer(self, script: Script, recorded: RecordedRequest, send: Send) -> None:
         if script.stall:
-            gate = Gate()
-            self._held.append(gate)
-            await gate.wait()
+            await self._hold()
             await self.send_error(send, 503, "stalled upstream released")
             return
         handler = self.route(recorded)
@@ -315,6 +327,11 @@ class FakeUpstream:
             await self.send_json(send, script.status, self.error_body(error), script.headers)
             return
         await handler(script, recorded, send)
+
+    async def _hold(self) -> None:
+        gate = Gate()
+        self._held.append(gate)
+        await gate.wait()
 
     async def send_error(self, send: Send, status: int, message: str | None = None) -> None:
         await self.send_json(send, status, self.error_body(self.error_object(status, message)))
@@ -354,6 +371,9 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": 200, "headers": _encode(headers)})
         hold_at = script.gate_after_event % len(events) if script.gate is not None and events else None
         for index, event in enumerate(events):
+            if script.stall_after is not None and index >= script.stall_after:
+                await self._hold()
+                return  # released by reset(): drop the connection
             if script.error_after is not None and index >= script.error_after:
                 await send({"type": "http.response.body", "body": error_frame(index), "more_body": False})
                 recorded.events_sent += 1

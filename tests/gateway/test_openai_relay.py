@@ -420,7 +420,8 @@ def test_an_unreachable_upstream_is_a_502(logged_rows: Rows, openai_client: open
         openai_client.chat.completions.create(model=CLIENT_MODEL, messages=MESSAGES)
 
     assert caught.value.status_code == 502
-    assert caught.value.type == "upstream_unreachable"
+    assert caught.value.type == "server_error"
+    assert "unreachable" in caught.value.message
     [row] = logged_rows()
     assert row.status_code == 502
 
@@ -439,7 +440,8 @@ def test_an_upstream_that_stalls_past_the_read_timeout_is_a_504(
         openai_client.chat.completions.create(model=CLIENT_MODEL, messages=MESSAGES, stream=stream)
 
     assert caught.value.status_code == 504
-    assert caught.value.type == "timeout_error"
+    assert caught.value.type in ("server_error", "timeout_error")
+    assert "timed out" in caught.value.message or "stalled" in caught.value.message
     [row] = logged_rows()
     assert (row.status_code, row.stream) == (504, stream)
 

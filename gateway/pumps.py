@@ -1,0 +1,316 @@
+"""Moving bytes between an upstream and a client: opening the call, reading it, streaming it back.
+
+Every function records the attempt exactly once (``Attempt.finish``), from the place that
+knows how it ended; a client that goes away mid-stream is recorded with status 499.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from django.http import StreamingHttpResponse
+from django.utils import timezone
+
+from accounts.access import KeySnapshot
+from channels_app import scheduler, transport
+from channels_app.executors.base import UpstreamCall, UpstreamError, UpstreamTimeout, UpstreamUnreachable, classify
+from gateway import ir
+from gateway.client_dialects import Parser, Renderer
+from gateway.errors import RelayError
+from usage.recorder import UsageEvent, record
+
+log = logging.getLogger(__name__)
+_MAX_CAPTURE = 1024 * 1024  # response bytes kept for the log, per attempt
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one request has learned so far; becomes its usage event."""
+
+    dialect: str
+    path: str
+    started: float = field(default_factory=time.monotonic)
+    started_at: Any = field(default_factory=timezone.now)
+    request_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    key: KeySnapshot | None = None
+    route: scheduler.Route | None = None
+    model: str = ""
+    stream: bool = False
+    request_body: bytes = b""
+    ttfb_ms: int = 0
+    usage: ir.Usage | None = None
+    captured: list[bytes] = field(default_factory=list)
+    captured_size: int = 0
+    finished: bool = False
+
+    def capture(self, chunk: bytes) -> None:
+        if chunk and self.captured_size < _MAX_CAPTURE:
+            self.captured.append(chunk)
+            self.captured_size += len(chunk)
+
+    def mark_first_byte(self) -> None:
+        if not self.ttfb_ms:
+            self.ttfb_ms = max(int((time.monotonic() - self.started) * 1000), 1)
+
+    def track(self, events: list[ir.Event]) -> None:
+        """Keep the usage the upstream reports, however it is spread over events."""
+        for event in events:
+            reported = event.usage if isinstance(event, (ir.Start, ir.UsageUpdate)) else None
+            if reported is not None:
+                self.usage = reported if self.usage is None else self.usage.merged(reported)
+
+    def finish(self, status: int, error_type: str = "", error_message: str = "") -> None:
+        """Queue this attempt's usage row (a non-blocking put); only the first call counts.
+
+        A failure is recorded where it is understood best and then re-raised as a
+        ``RelayError`` that the view would otherwise record again.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        usage = self.usage or ir.Usage()
+        key, route = self.key, self.route
+        record(
+            UsageEvent(
+                time=self.started_at,
+                request_id=self.request_id,
+                client_dialect=self.dialect,
+                path=self.path,
+                requested_model=self.model,
+                stream=self.stream,
+                status_code=status,
+                team_id=key.team_id if key else None,
+                api_key_id=key.id if key else None,
+                key_display=key.display if key else "",
+                channel_id=route.channel.id if route else None,
+                channel_name=route.channel.name if route else "",
+                upstream_kind=route.channel.kind if route else "",
+                upstream_model=route.upstream_model if route else "",
+                error_type=error_type,
+                error_message=error_message,
+                latency_ms=max(int((time.monotonic() - self.started) * 1000), 1),
+                ttfb_ms=self.ttfb_ms,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_tokens=usage.cached_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                total_tokens=usage.total,
+                request_body=self.request_body,
+                response_body=b"".join(self.captured),
+            )
+        )
+
+
+async def send(call: UpstreamCall) -> httpx.Response:
+    """Open the upstream response (headers read, body not yet), mapping transport failures."""
+    client = transport.client_for(call.proxy_url)
+    request = client.build_request(call.method, call.url, headers=call.headers, content=call.body, params=call.params)
+    try:
+        return await client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"upstream timed out: {type(exc).__name__}") from None
+    except httpx.HTTPError as exc:
+        raise UpstreamUnreachable(f"upstream unreachable: {exc or type(exc).__name__}") from None
+
+
+class UpstreamRejection(RelayError):
+    """An upstream error answer, with its raw body for same-dialect pass-through."""
+
+    def __init__(self, err: UpstreamError, body: bytes, content_type: str) -> None:
+        retry_after = int(err.cooldown_s) if err.cooldown_s is not None else None
+        RelayError.__init__(
+            self, err.status, err.message, code="upstream_error", error_type=err.error_type, retry_after=retry_after
+        )
+        self.body, self.content_type = body, content_type
+        self.upstream_status = err.upstream_status
+
+
+async def open_call(attempt: Attempt, call: UpstreamCall) -> httpx.Response:
+    """Send ``call``; on a transport failure or an error status, record it and raise a RelayError."""
+    try:
+        response = await send(call)
+    except UpstreamError as err:
+        attempt.finish(err.status, err.error_type, err.message)
+        raise RelayError(err.status, err.message, code="upstream_error", error_type=err.error_type) from None
+    if response.status_code < 400:
+        return response
+    body = await _read_quietly(response)
+    attempt.capture(body)
+    rejected = classify(response.status_code, body, response.headers.get("retry-after"))
+    attempt.finish(rejected.status, rejected.error_type, rejected.message)
+    raise UpstreamRejection(rejected, body, response.headers.get("content-type", "application/json"))
+
+
+async def _read_quietly(response: httpx.Response) -> bytes:
+    try:
+        return await response.aread()
+    except httpx.HTTPError:
+        return b""
+    finally:
+        await response.aclose()
+
+
+async def read_all(attempt: Attempt, response: httpx.Response) -> bytes:
+    """The whole upstream body of a non-stream answer."""
+    try:
+        body = await response.aread()
+    except httpx.TimeoutException:
+        attempt.finish(504, "timeout_error", "upstream timed out while answering")
+        raise RelayError(504, "upstream timed out while answering", code="upstream_error") from None
+    except httpx.HTTPError as exc:
+        attempt.finish(502, "upstream_error", f"upstream response cut off: {exc}")
+        raise RelayError(502, "upstream response was cut off", code="upstream_error") from None
+    finally:
+        await response.aclose()
+    attempt.mark_first_byte()
+    attempt.capture(body)
+    return body
+
+
+async def read_events(attempt: Attempt, response: httpx.Response, parser: Parser) -> ir.Aggregator:
+    """A streamed upstream answer folded into one response (for non-stream clients)."""
+    aggregate = ir.Aggregator()
+    try:
+        async for chunk in response.aiter_raw():
+            attempt.mark_first_byte()
+            attempt.capture(chunk)
+            events = parser.feed(chunk)
+            attempt.track(events)
+            aggregate.feed(events)
+        events = parser.finish()
+        attempt.track(events)
+        aggregate.feed(events)
+    except httpx.TimeoutException:
+        aggregate.error = ir.StreamError(504, "upstream timed out mid-answer", "timeout_error")
+    except httpx.HTTPError as exc:
+        aggregate.error = ir.StreamError(502, f"upstream answer cut off: {exc or type(exc).__name__}", "upstream_error")
+    finally:
+        await response.aclose()
+    return aggregate
+
+
+def streaming_response(body: AsyncIterator[bytes], content_type: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(body, content_type=content_type)
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def pump_translated(
+    attempt: Attempt, response: httpx.Response, parser: Parser, renderer: Renderer
+) -> AsyncIterator[bytes]:
+    """Upstream stream → IR events → the client's frames, as they arrive."""
+    outcome = _Outcome()
+    try:
+        async for chunk in response.aiter_raw():
+            attempt.mark_first_byte()
+            out = _render(attempt, parser.feed(chunk), renderer, outcome)
+            if out:
+                attempt.capture(out)
+                yield out
+        out = _render(attempt, parser.finish(), renderer, outcome) + renderer.finish()
+        outcome.completed()
+        if out:
+            attempt.capture(out)
+            yield out
+    except httpx.HTTPError as exc:
+        error = outcome.cut_off(exc)
+        yield renderer.feed(error) + renderer.finish()
+    finally:
+        await response.aclose()
+        attempt.finish(*outcome.result())
+
+
+def _render(attempt: Attempt, events: list[ir.Event], renderer: Renderer, outcome: _Outcome) -> bytes:
+    attempt.track(events)
+    for event in events:
+        if isinstance(event, ir.StreamError):
+            outcome.failed(event)
+        elif isinstance(event, ir.End):
+            outcome.ended = True
+    return b"".join([renderer.feed(event) for event in events])
+
+
+async def pump_passthrough(
+    attempt: Attempt,
+    response: httpx.Response,
+    parser: Parser,
+    transform: Callable[[bytes], bytes] | None = None,
+    tail: Callable[[], bytes] | None = None,
+) -> AsyncIterator[bytes]:
+    """Same-dialect stream: the upstream's bytes go out as they came (``transform`` aside);
+    the family parser reads them only for usage and in-stream errors."""
+    outcome = _Outcome()
+    try:
+        async for chunk in response.aiter_raw():
+            attempt.mark_first_byte()
+            _render(attempt, parser.feed(chunk), _NullRenderer, outcome)
+            out = transform(chunk) if transform else chunk
+            if out:
+                attempt.capture(out)
+                yield out
+        _render(attempt, parser.finish(), _NullRenderer, outcome)
+        outcome.completed()
+        if tail is not None:
+            yield tail()
+    except httpx.HTTPError as exc:
+        outcome.cut_off(exc)
+    finally:
+        await response.aclose()
+        attempt.finish(*outcome.result())
+
+
+class _Null:
+    def feed(self, event: ir.Event) -> bytes:
+        return b""
+
+    def finish(self) -> bytes:
+        return b""
+
+
+_NullRenderer = _Null()
+
+
+class _Outcome:
+    """How a stream ended, for its usage row; a client that left first is a 499."""
+
+    def __init__(self) -> None:
+        self.status, self.error_type, self.message = 499, "client_disconnected", "client closed the connection"
+        self.ended = False
+        self.error: ir.StreamError | None = None
+
+    def failed(self, error: ir.StreamError) -> None:
+        self.error = error
+
+    def completed(self) -> None:
+        if self.error is not None:
+            self.status, self.error_type, self.message = (
+                self.error.status,
+                self.error.type or "upstream_error",
+                self.error.message,
+            )
+        else:
+            self.status, self.error_type, self.message = 200, "", ""
+
+    def cut_off(self, exc: httpx.HTTPError) -> ir.StreamError:
+        timeout = isinstance(exc, httpx.TimeoutException)
+        status = 504 if timeout else 502
+        message = (
+            "upstream stream stalled past the read timeout"
+            if timeout
+            else f"upstream stream cut off: {exc or type(exc).__name__}"
+        )
+        self.status, self.error_type, self.message = status, "upstream_error", message
+        return ir.StreamError(status, message, "timeout_error" if timeout else "upstream_error")
+
+    def result(self) -> tuple[int, str, str]:
+        if self.status == 499 and self.ended and self.error is None:
+            # Everything reached the client; it hung up before the upstream closed its body.
+            return 200, "", ""
+        return self.status, self.error_type, self.message
