@@ -296,8 +296,8 @@ async def _translated(
     family = executor.family
     if family == "gemini":
         await media.inline_remote_images(req)
-    body, betas = _render_upstream(req, family, route.upstream_model)
     upstream_stream = incoming.stream or executor.always_stream or family == "claude"
+    body, betas = _render_upstream(req, family, route.upstream_model, upstream_stream)
     response = await open_call(attempt, executor.build(route, body, upstream_stream, betas=betas))
     parser = FAMILY_PARSERS[family](req)
     if incoming.stream:
@@ -318,15 +318,16 @@ async def _translated(
     return HttpResponse(client.render_response(answer, req), content_type="application/json")
 
 
-def _render_upstream(req: ir.Request, family: str, upstream_model: str) -> tuple[bytes, list[str]]:
-    """The upstream body (model rewritten) and the ``anthropic-beta`` values to send with it."""
-    client_model, req.model = req.model, upstream_model
+def _render_upstream(req: ir.Request, family: str, upstream_model: str, stream: bool) -> tuple[bytes, list[str]]:
+    """The upstream body (model and stream mode set) and the ``anthropic-beta`` values to send with it."""
+    client_model, client_stream = req.model, req.stream
+    req.model, req.stream = upstream_model, stream
     try:
         module = FAMILY_MODULES[family]
         body = module.render_request(req)
         betas = anthropic_messages.upstream_betas(req) if family == "claude" else []
     finally:
-        req.model = client_model
+        req.model, req.stream = client_model, client_stream
     return orjson.dumps(body), betas
 
 

@@ -509,6 +509,7 @@ def _next_role(raw: Any, previous: str | None) -> str:
 class _Run:
     """The parts of one content being read, with the runs consecutive wire parts merge into."""
 
+    merge_text: bool = False  # the model's text arrives in arbitrary pieces; a user's parts stay apart
     parts: list[ir.Part] = field(default_factory=list)
     reasoning: ir.Reasoning | None = None
     text: ir.Text | None = None
@@ -523,25 +524,39 @@ class _HistoryReader:
 
     def __init__(self) -> None:
         self._pending: list[tuple[str, str]] = []  # (name, id) of calls not answered yet, in call order
+        self._answered: set[str] = set()  # call ids the current content answers explicitly
 
     def read(self, contents: list[Any]) -> list[ir.Message]:
+        """One message per run of same-role contents (the SDKs store a streamed turn as many contents)."""
         messages: list[ir.Message] = []
         role: str | None = None
+        run = _Run()
         for ci, content in enumerate(contents):
             if not isinstance(content, dict):
                 raise BadRequest(f"contents[{ci}] must be an object")
-            role = _next_role(content.get("role"), role)
-            parts = content.get("parts") or []
+            previous, role = role, _next_role(content.get("role"), role)
+            parts = content.get("parts")
+            parts = [] if parts is None else parts
             if not isinstance(parts, list):
                 raise BadRequest(f"contents[{ci}].parts must be an array")
-            run = _Run()
+            self._answered = {
+                str(r["id"])
+                for p in parts
+                if isinstance(p, dict)
+                for r in [_first(p, "functionResponse", "function_response")]
+                if isinstance(r, dict) and r.get("id")
+            }
+            if role != previous:
+                run = _Run(merge_text=role == "model")
+                messages.append(ir.Message(role="assistant" if role == "model" else "user", parts=run.parts))
+            elif not run.merge_text:
+                run.cut()
+            run.result = None
             for pi, part in enumerate(parts):
                 if not isinstance(part, dict):
                     raise BadRequest(f"contents[{ci}].parts[{pi}] must be an object")
                 self._part(part, run, ci, pi)
-            if run.parts:
-                messages.append(ir.Message(role="assistant" if role == "model" else "user", parts=run.parts))
-        return messages
+        return [m for m in messages if m.parts]
 
     def _part(self, part: dict[str, Any], run: _Run, ci: int, pi: int) -> None:
         text = part.get("text")
@@ -586,7 +601,7 @@ class _HistoryReader:
             run.text = None
         if not text:
             return
-        if run.text is None:
+        if run.text is None or not run.merge_text:
             run.text = ir.Text(text)
             run.parts.append(run.text)
         else:
@@ -614,10 +629,13 @@ class _HistoryReader:
         name = response.get("name") if isinstance(response.get("name"), str) else ""
         explicit = response.get("id")
         ident = explicit if isinstance(explicit, str) else ""
-        match = next(
-            (i for i, (n, c) in enumerate(self._pending) if (c == ident if ident else (not name or n == name))),
-            None,
-        )
+        if ident:
+            match = next((i for i, (_, c) in enumerate(self._pending) if c == ident), None)
+        else:  # FIFO per name (any name when it is missing), skipping calls answered by id later on
+            match = next(
+                (i for i, (n, c) in enumerate(self._pending) if (not name or n == name) and c not in self._answered),
+                None,
+            )
         if match is not None:
             pending_name, pending_id = self._pending.pop(match)
             name, ident = name or pending_name, ident or pending_id

@@ -235,7 +235,9 @@ def test_a_finish_reason_without_usage_waits_for_the_end_of_the_stream() -> None
 
 
 def test_an_empty_upstream_stream_is_an_error() -> None:
-    assert parse_stream(b"") == [ir.StreamError(status=502, message="the upstream closed the stream without a response")]
+    assert parse_stream(b"") == [
+        ir.StreamError(status=502, message="the upstream closed the stream without a response")
+    ]
 
 
 def test_nothing_is_read_after_the_stream_ended() -> None:
@@ -290,7 +292,9 @@ def test_a_plain_answer_maps_its_text_finish_and_usage() -> None:
 def test_usage_counts_thoughts_as_output_and_cached_tokens_as_input() -> None:
     """C50, R6."""
     usage = gemini.parse_response(load("response_thoughts_two_calls.json")).usage
-    assert usage == ir.Usage(input_tokens=100, output_tokens=80, cached_tokens=40, reasoning_tokens=50, total_tokens=180)
+    assert usage == ir.Usage(
+        input_tokens=100, output_tokens=80, cached_tokens=40, reasoning_tokens=50, total_tokens=180
+    )
 
 
 def test_thought_parts_and_calls_of_a_non_stream_answer_keep_their_order_and_signatures() -> None:
@@ -344,7 +348,10 @@ def test_a_gemini_cli_request_reads_into_the_ir() -> None:
         [ir.Text("You are an interactive CLI agent specializing in software engineering tasks.")]
     ]
     first, model_turn, results = req.messages
-    assert first == user(ir.Text("This is the Gemini CLI. We are setting up the context for our chat.Read README.md and tell me what it says."))
+    assert first == user(
+        ir.Text("This is the Gemini CLI. We are setting up the context for our chat."),
+        ir.Text("Read README.md and tell me what it says."),
+    )
     thought, call = model_turn.parts
     assert thought == ir.Reasoning(text="I'll read the file.", family="gemini")
     assert isinstance(call, ir.ToolCall) and call.signature == SIG_CALL
@@ -407,7 +414,13 @@ def test_calls_without_ids_get_stable_distinct_ids_and_results_pair_first_in_fir
 def test_results_pair_per_name_when_calls_interleave() -> None:
     calls = [{"functionCall": {"name": n, "args": {"i": i}}} for i, n in enumerate(["a", "b", "a"])]
     answers = [{"functionResponse": {"name": n, "response": {"result": n}}} for n in ["b", "a", "a"]]
-    body = {"contents": [{"role": "user", "parts": [{"text": "go"}]}, {"role": "model", "parts": calls}, {"role": "user", "parts": answers}]}
+    body = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "go"}]},
+            {"role": "model", "parts": calls},
+            {"role": "user", "parts": answers},
+        ]
+    }
     req = gemini.parse_request(body, "m")
     a1, b, a2 = (p.id for p in req.messages[1].parts if isinstance(p, ir.ToolCall))
     assert [p.call_id for p in req.messages[2].parts if isinstance(p, ir.ToolResult)] == [b, a1, a2]
@@ -418,8 +431,20 @@ def test_an_explicit_response_id_wins_and_an_empty_response_name_is_back_filled(
     body = {
         "contents": [
             {"role": "user", "parts": [{"text": "go"}]},
-            {"role": "model", "parts": [{"functionCall": {"name": "a", "args": {}, "id": "x1"}}, {"functionCall": {"name": "b", "args": {}}}]},
-            {"role": "user", "parts": [{"functionResponse": {"name": "", "response": {}}}, {"functionResponse": {"name": "a", "id": "x1", "response": {}}}]},
+            {
+                "role": "model",
+                "parts": [
+                    {"functionCall": {"name": "a", "args": {}, "id": "x1"}},
+                    {"functionCall": {"name": "b", "args": {}}},
+                ],
+            },
+            {
+                "role": "user",
+                "parts": [
+                    {"functionResponse": {"name": "", "response": {}}},
+                    {"functionResponse": {"name": "a", "id": "x1", "response": {}}},
+                ],
+            },
         ]
     }
     req = gemini.parse_request(body, "m")
@@ -436,7 +461,9 @@ def test_an_orphan_response_still_gets_a_deterministic_id() -> None:
 
 
 def test_an_error_response_is_marked_as_an_error() -> None:
-    body = {"contents": [{"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"error": "boom"}}}]}]}
+    body = {
+        "contents": [{"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"error": "boom"}}}]}]
+    }
     result = gemini.parse_request(body, "m").messages[0].parts[0]
     assert isinstance(result, ir.ToolResult) and result.is_error and result.content == [ir.Text("boom")]
 
@@ -451,7 +478,13 @@ def test_tool_roles_are_the_users_and_missing_roles_alternate() -> None:
             {"parts": [{"text": "e"}]},
         ]
     }
-    assert [m.role for m in gemini.parse_request(body, "m").messages] == ["user", "assistant", "user", "user", "assistant"]
+    assert [m.role for m in gemini.parse_request(body, "m").messages] == [
+        "user",
+        "assistant",
+        "user",
+        "user",
+        "assistant",
+    ]
 
 
 def test_snake_case_spellings_are_read_like_camel_case_ones() -> None:
@@ -459,16 +492,25 @@ def test_snake_case_spellings_are_read_like_camel_case_ones() -> None:
         "system_instruction": {"parts": [{"text": "sys"}]},
         "contents": [
             {"role": "user", "parts": [{"inline_data": {"mime_type": "image/png", "data": "iVBOR"}}]},
-            {"role": "model", "parts": [{"function_call": {"name": "f", "args": {"x": 1}}, "thought_signature": "c2ln"}]},
+            {
+                "role": "model",
+                "parts": [{"function_call": {"name": "f", "args": {"x": 1}}, "thought_signature": "c2ln"}],
+            },
             {"role": "user", "parts": [{"function_response": {"name": "f", "response": {"result": "ok"}}}]},
         ],
         "tools": [{"function_declarations": [{"name": "f", "parameters_json_schema": {"type": "object"}}]}],
         "tool_config": {"function_calling_config": {"mode": "ANY", "allowed_function_names": ["f"]}},
-        "generation_config": {"max_output_tokens": 64, "stop_sequences": ["END"], "thinking_config": {"thinking_level": "LOW"}},
+        "generation_config": {
+            "max_output_tokens": 64,
+            "stop_sequences": ["END"],
+            "thinking_config": {"thinking_level": "LOW"},
+        },
     }
     req = gemini.parse_request(body, "gemini-3-pro-preview")
     assert req.messages[0] == user(ir.Image(data="iVBOR", media_type="image/png"))
-    assert req.messages[1].parts[0] == ir.ToolCall(id=req.messages[1].parts[0].id, name="f", arguments='{"x":1}', signature="c2ln")  # type: ignore[union-attr]
+    assert req.messages[1].parts[0] == ir.ToolCall(
+        id=req.messages[1].parts[0].id, name="f", arguments='{"x":1}', signature="c2ln"
+    )  # type: ignore[union-attr]
     assert isinstance(req.messages[2].parts[0], ir.ToolResult)
     assert req.tools[0].parameters == {"type": "object"}
     assert req.tool_choice == ir.ToolChoice("tool", name="f")
@@ -482,7 +524,10 @@ def test_snake_case_spellings_are_read_like_camel_case_ones() -> None:
         ({"thinkingLevel": "HIGH", "thinkingBudget": 100}, ir.Thinking(mode="level", level="high")),
         ({"thinkingBudget": 0}, ir.Thinking(mode="none", budget=0)),
         ({"thinkingBudget": -1}, ir.Thinking(mode="auto", budget=-1)),
-        ({"thinkingBudget": 2048, "includeThoughts": False}, ir.Thinking(mode="budget", budget=2048, include_thoughts=False)),
+        (
+            {"thinkingBudget": 2048, "includeThoughts": False},
+            ir.Thinking(mode="budget", budget=2048, include_thoughts=False),
+        ),
         ({"includeThoughts": True}, ir.Thinking(include_thoughts=True)),
     ],
 )
@@ -501,7 +546,9 @@ def test_the_thinking_config_level_wins_over_the_budget(config: dict[str, Any], 
         ({"mode": "ANY", "allowedFunctionNames": ["a"]}, ir.ToolChoice("tool", name="a"), None),
     ],
 )
-def test_function_calling_modes_become_tool_choices(config: dict[str, Any], choice: ir.ToolChoice, allowed: Any) -> None:
+def test_function_calling_modes_become_tool_choices(
+    config: dict[str, Any], choice: ir.ToolChoice, allowed: Any
+) -> None:
     body = {"contents": [{"parts": [{"text": "x"}]}], "toolConfig": {"functionCallingConfig": config}}
     req = gemini.parse_request(body, "m")
     assert req.tool_choice == choice
@@ -523,7 +570,11 @@ def test_built_in_tools_and_unknown_fields_are_kept_for_gemini() -> None:
     body = {
         "contents": [{"parts": [{"text": "x"}]}],
         "tools": [{"googleSearch": {}}, {"code_execution": {}}, {"urlContext": {}}],
-        "generationConfig": {"responseModalities": ["TEXT", "IMAGE"], "imageConfig": {"aspectRatio": "16:9"}, "seed": 7},
+        "generationConfig": {
+            "responseModalities": ["TEXT", "IMAGE"],
+            "imageConfig": {"aspectRatio": "16:9"},
+            "seed": 7,
+        },
         "safety_settings": [{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_NONE"}],
         "labels": {"team": "a"},
     }
@@ -534,7 +585,11 @@ def test_built_in_tools_and_unknown_fields_are_kept_for_gemini() -> None:
         ("builtin", {"urlContext": {}}),
     ]
     ext = req.extensions["gemini"]
-    assert ext["generationConfig"] == {"responseModalities": ["TEXT", "IMAGE"], "imageConfig": {"aspectRatio": "16:9"}, "seed": 7}
+    assert ext["generationConfig"] == {
+        "responseModalities": ["TEXT", "IMAGE"],
+        "imageConfig": {"aspectRatio": "16:9"},
+        "seed": 7,
+    }
     assert set(ext) == {"generationConfig", "safetySettings", "labels"}
 
 
@@ -543,7 +598,12 @@ def test_media_parts_become_images_audio_or_files_by_mime_type() -> None:
         {"inlineData": {"mimeType": "audio/mpeg", "data": "SUQz"}},
         {"inlineData": {"mimeType": "application/pdf", "data": "JVBER"}},
         {"fileData": {"mimeType": "image/png", "fileUri": "gs://b/cat.png"}},
-        {"fileData": {"mimeType": "video/mp4", "fileUri": "https://generativelanguage.googleapis.com/v1beta/files/abc"}},
+        {
+            "fileData": {
+                "mimeType": "video/mp4",
+                "fileUri": "https://generativelanguage.googleapis.com/v1beta/files/abc",
+            }
+        },
     ]
     req = gemini.parse_request({"contents": [{"role": "user", "parts": parts}]}, "m")
     assert req.messages[0].parts == [
@@ -570,7 +630,13 @@ def test_an_image_next_to_a_function_response_belongs_to_that_result() -> None:
 def test_streamed_text_parts_merge_and_empty_ones_are_skipped() -> None:
     """§6 item 1."""
     parts = [{"text": "Hel"}, {"text": ""}, {"text": "lo"}]
-    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}, {"role": "model", "parts": parts}, {"role": "model", "parts": [{"text": ""}]}]}
+    body = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "hi"}]},
+            {"role": "model", "parts": parts},
+            {"role": "model", "parts": [{"text": ""}]},
+        ]
+    }
     assert gemini.parse_request(body, "m").messages[1:] == [assistant(ir.Text("Hello"))]
 
 
@@ -589,8 +655,14 @@ def test_streamed_text_parts_merge_and_empty_ones_are_skipped() -> None:
         ({"contents": [{"parts": [{"text": "x"}]}], "tools": {}}, "'tools' must be an array"),
         ({"contents": [{"parts": [{"text": "x"}]}], "tools": [{"functionDeclarations": [{}]}]}, "needs a 'name'"),
         ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": []}, "must be an object"),
-        ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"temperature": "hot"}}, "temperature must be a number"),
-        ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"thinkingConfig": {"thinkingBudget": -5}}}, "≥ -1"),
+        (
+            {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"temperature": "hot"}},
+            "temperature must be a number",
+        ),
+        (
+            {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"thinkingConfig": {"thinkingBudget": -5}}},
+            "≥ -1",
+        ),
         ({"contents": [{"parts": [{"text": "x"}]}], "systemInstruction": 5}, "systemInstruction"),
     ],
 )
@@ -620,12 +692,16 @@ def test_system_text_is_top_level_then_in_conversation_segments_and_adjacent_use
         user(ir.Text("second")),
         user(ir.Text("third")),
         system=[
-            ir.SystemSegment(parts=[ir.Text("x-anthropic-billing-header: cc_version=2.1"), ir.Text("You are Claude Code.")]),
+            ir.SystemSegment(
+                parts=[ir.Text("x-anthropic-billing-header: cc_version=2.1"), ir.Text("You are Claude Code.")]
+            ),
             ir.SystemSegment(parts=[ir.Text("Mid-conversation note.")], position=3),
         ],
     )
     body = gemini.render_request(req)
-    assert body["systemInstruction"] == {"parts": [{"text": "You are Claude Code."}, {"text": "Mid-conversation note."}]}
+    assert body["systemInstruction"] == {
+        "parts": [{"text": "You are Claude Code."}, {"text": "Mid-conversation note."}]
+    }
     assert body["contents"] == [
         {"role": "user", "parts": [{"text": "first"}]},
         {"role": "model", "parts": [{"text": "answer"}]},
@@ -665,9 +741,18 @@ def test_downloaded_images_are_inline_data_and_an_undownloaded_url_is_an_error()
     ("part", "wire"),
     [
         (ir.Image(url="data:image/gif;base64,R0lGOD"), {"inlineData": {"mimeType": "image/gif", "data": "R0lGOD"}}),
-        (ir.Image(url="gs://bucket/a.png", media_type="image/png"), {"fileData": {"mimeType": "image/png", "fileUri": "gs://bucket/a.png"}}),
-        (ir.File(data="JVBER", media_type="application/pdf"), {"inlineData": {"mimeType": "application/pdf", "data": "JVBER"}}),
-        (ir.File(url="https://x.test/a.pdf", media_type="application/pdf"), {"fileData": {"mimeType": "application/pdf", "fileUri": "https://x.test/a.pdf"}}),
+        (
+            ir.Image(url="gs://bucket/a.png", media_type="image/png"),
+            {"fileData": {"mimeType": "image/png", "fileUri": "gs://bucket/a.png"}},
+        ),
+        (
+            ir.File(data="JVBER", media_type="application/pdf"),
+            {"inlineData": {"mimeType": "application/pdf", "data": "JVBER"}},
+        ),
+        (
+            ir.File(url="https://x.test/a.pdf", media_type="application/pdf"),
+            {"fileData": {"mimeType": "application/pdf", "fileUri": "https://x.test/a.pdf"}},
+        ),
         (ir.Audio(data="UklG"), {"inlineData": {"mimeType": "audio/wav", "data": "UklG"}}),
         (ir.Audio(data="SUQz", format="mp3"), {"inlineData": {"mimeType": "audio/mpeg", "data": "SUQz"}}),
         (ir.Audio(data="AAAA", format="pcm16"), {"inlineData": {"mimeType": "audio/pcm", "data": "AAAA"}}),
@@ -745,7 +830,11 @@ def test_images_of_a_tool_result_follow_its_function_response_as_siblings() -> N
     req = request(
         user(ir.Text("screenshot please")),
         assistant(ir.ToolCall(id="toolu_1", name="screenshot", arguments="{}")),
-        user(ir.ToolResult(call_id="toolu_1", content=[ir.Text("captured"), ir.Image(data="iVBOR", media_type="image/png")])),
+        user(
+            ir.ToolResult(
+                call_id="toolu_1", content=[ir.Text("captured"), ir.Image(data="iVBOR", media_type="image/png")]
+            )
+        ),
     )
     assert gemini.render_request(req)["contents"][2]["parts"] == [
         {"functionResponse": {"name": "screenshot", "id": "toolu_1", "response": {"result": "captured"}}},
@@ -778,7 +867,15 @@ def test_tool_names_are_sanitised_for_gemini_and_collisions_stay_distinct() -> N
 
 def test_tool_schemas_are_cleaned_and_declared_once() -> None:
     tools = [
-        ir.Tool(name="f", description="Find", parameters={"type": "object", "properties": {"q": {"type": "string", "minLength": 1}}, "additionalProperties": False}),
+        ir.Tool(
+            name="f",
+            description="Find",
+            parameters={
+                "type": "object",
+                "properties": {"q": {"type": "string", "minLength": 1}},
+                "additionalProperties": False,
+            },
+        ),
         ir.Tool(name="f", description="duplicate"),
         ir.Tool(name="patch", kind="custom", format={"type": "grammar"}),
         ir.Tool(name="web_search", kind="builtin", builtin={"type": "web_search_20250305", "name": "web_search"}),
@@ -800,7 +897,11 @@ def test_tool_schemas_are_cleaned_and_declared_once() -> None:
                 },
                 {
                     "name": "patch",
-                    "parametersJsonSchema": {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]},
+                    "parametersJsonSchema": {
+                        "type": "object",
+                        "properties": {"input": {"type": "string"}},
+                        "required": ["input"],
+                    },
                 },
             ]
         },
@@ -812,7 +913,11 @@ def test_tool_schemas_are_cleaned_and_declared_once() -> None:
     ("model", "thinking", "config"),
     [
         ("gemini-2.5-pro", ir.Thinking(mode="budget", budget=8192), {"thinkingBudget": 8192}),
-        ("gemini-2.5-flash", ir.Thinking(mode="budget", budget=8192, include_thoughts=True), {"includeThoughts": True, "thinkingBudget": 8192}),
+        (
+            "gemini-2.5-flash",
+            ir.Thinking(mode="budget", budget=8192, include_thoughts=True),
+            {"includeThoughts": True, "thinkingBudget": 8192},
+        ),
         ("gemini-2.5-pro", ir.Thinking(mode="level", level="high"), {"thinkingBudget": 24576}),
         ("gemini-3-pro-preview", ir.Thinking(mode="level", level="low"), {"thinkingLevel": "low"}),
         ("gemini-3-pro-preview", ir.Thinking(mode="none", budget=0), {"thinkingLevel": "low"}),
@@ -861,28 +966,43 @@ def test_reasoning_replays_only_to_gemini_with_its_own_signatures() -> None:
     ]
 
 
-@pytest.mark.parametrize(("arguments", "args"), [("", {}), ("not json", {}), ("[1, 2]", {}), ('{"a": [1]}', {"a": [1]})])
+@pytest.mark.parametrize(
+    ("arguments", "args"), [("", {}), ("not json", {}), ("[1, 2]", {}), ('{"a": [1]}', {"a": [1]})]
+)
 def test_call_arguments_in_history_are_parsed_tolerantly(arguments: str, args: dict[str, Any]) -> None:
     """§6 item 17."""
-    req = request(user(ir.Text("q")), assistant(ir.ToolCall(id="c", name="f", arguments=arguments)), user(ir.ToolResult(call_id="c")))
+    req = request(
+        user(ir.Text("q")),
+        assistant(ir.ToolCall(id="c", name="f", arguments=arguments)),
+        user(ir.ToolResult(call_id="c")),
+    )
     assert gemini.render_request(req)["contents"][1]["parts"][0]["functionCall"]["args"] == args
 
 
 def test_empty_messages_and_empty_text_parts_are_skipped() -> None:
     """§6 item 1."""
-    req = request(user(ir.Text("hi"), ir.Text("")), assistant(ir.Reasoning(text="x", family="claude")), user(ir.Text("again")))
+    req = request(
+        user(ir.Text("hi"), ir.Text("")), assistant(ir.Reasoning(text="x", family="claude")), user(ir.Text("again"))
+    )
     assert gemini.render_request(req)["contents"] == [{"role": "user", "parts": [{"text": "hi"}, {"text": "again"}]}]
 
 
 def test_structured_output_schemas_go_to_gemini_unchanged() -> None:
     """C43: responseJsonSchema accepts full JSON Schema, so it is not cleaned."""
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object", "additionalProperties": False, "properties": {"a": {"type": ["string", "null"]}}}
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"a": {"type": ["string", "null"]}},
+    }
     fmt = ir.ResponseFormat("json_schema", name="x", schema=schema, strict=True)
     generation = gemini.render_request(request(user(ir.Text("x")), response_format=fmt))["generationConfig"]
     assert generation == {"responseMimeType": "application/json", "responseJsonSchema": schema}
     plain = gemini.render_request(request(user(ir.Text("x")), response_format=ir.ResponseFormat("json_object")))
     assert plain["generationConfig"] == {"responseMimeType": "application/json"}
-    assert "generationConfig" not in gemini.render_request(request(user(ir.Text("x")), response_format=ir.ResponseFormat("text")))
+    assert "generationConfig" not in gemini.render_request(
+        request(user(ir.Text("x")), response_format=ir.ResponseFormat("text"))
+    )
 
 
 def test_sampling_limits_and_stop_sequences_are_generation_config() -> None:
@@ -916,7 +1036,16 @@ def test_default_safety_settings_are_added_only_when_the_client_sent_none() -> N
 
 def test_gemini_extensions_from_another_client_are_merged_under_the_ir_fields() -> None:
     """D1.6: an OpenAI client's ``generationConfig`` is copied, snake_case keys normalised."""
-    ext = {"gemini": {"generationConfig": {"temperature": 1.5, "response_modalities": ["IMAGE"], "thinking_config": {"include_thoughts": True}}, "cachedContent": "c/1"}}
+    ext = {
+        "gemini": {
+            "generationConfig": {
+                "temperature": 1.5,
+                "response_modalities": ["IMAGE"],
+                "thinking_config": {"include_thoughts": True},
+            },
+            "cachedContent": "c/1",
+        }
+    }
     req = request(user(ir.Text("x")), temperature=0.1, thinking=ir.Thinking(mode="budget", budget=512), extensions=ext)
     body = gemini.render_request(req)
     assert body["generationConfig"] == {
@@ -937,7 +1066,11 @@ def test_a_gemini_request_survives_the_round_trip_through_the_ir() -> None:
         "response": {"result": "# Demo\nA demo project."},
     }
     declared = body["tools"][0]["functionDeclarations"][1]["parametersJsonSchema"]
-    assert declared == {"type": "object", "properties": {"command": {"type": "string"}, "directory": {"type": "string"}}, "required": ["command"]}
+    assert declared == {
+        "type": "object",
+        "properties": {"command": {"type": "string"}, "directory": {"type": "string"}},
+        "required": ["command"],
+    }
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "AUTO"}}
     assert body["generationConfig"]["thinkingConfig"] == {"includeThoughts": True, "thinkingBudget": -1}
     assert body["safetySettings"] == [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "threshold": "BLOCK_ONLY_HIGH"}]
@@ -946,7 +1079,12 @@ def test_a_gemini_request_survives_the_round_trip_through_the_ir() -> None:
 
 def test_count_tokens_wraps_the_full_request_with_its_model() -> None:
     """C56, R18: system instruction and tools are counted."""
-    req = request(user(ir.Text("x")), tools=[ir.Tool(name="f")], system=[ir.SystemSegment(parts=[ir.Text("sys")])], model="models/gemini-2.5-flash")
+    req = request(
+        user(ir.Text("x")),
+        tools=[ir.Tool(name="f")],
+        system=[ir.SystemSegment(parts=[ir.Text("sys")])],
+        model="models/gemini-2.5-flash",
+    )
     wrapped = gemini.render_count_tokens(req)["generateContentRequest"]
     assert wrapped["model"] == "models/gemini-2.5-flash"
     assert wrapped["systemInstruction"] == {"parts": [{"text": "sys"}]}
@@ -957,8 +1095,14 @@ def test_the_code_assist_envelope_wraps_and_unwraps() -> None:
     """§1.6."""
     body = {"model": "gemini-2.5-pro", "system_instruction": {"parts": []}, "contents": [], "safetySettings": []}
     wrapped = gemini.wrap_code_assist(body, "models/gemini-2.5-pro", "proj-1")
-    assert wrapped == {"project": "proj-1", "model": "gemini-2.5-pro", "request": {"systemInstruction": {"parts": []}, "contents": [], "safetySettings": []}}
-    assert gemini.wrap_code_assist_count_tokens(wrapped["request"]) == {"request": {"systemInstruction": {"parts": []}, "contents": []}}
+    assert wrapped == {
+        "project": "proj-1",
+        "model": "gemini-2.5-pro",
+        "request": {"systemInstruction": {"parts": []}, "contents": [], "safetySettings": []},
+    }
+    assert gemini.wrap_code_assist_count_tokens(wrapped["request"]) == {
+        "request": {"systemInstruction": {"parts": []}, "contents": []}
+    }
     assert gemini.unwrap_code_assist({"response": {"candidates": []}, "traceId": "t"}) == {"candidates": []}
     assert gemini.unwrap_code_assist({"candidates": []}) == {"candidates": []}
 
@@ -966,7 +1110,9 @@ def test_the_code_assist_envelope_wraps_and_unwraps() -> None:
 def test_vertex_bodies_can_drop_call_ids() -> None:
     body = gemini.render_request(request(*_history_with_calls()))
     gemini.strip_call_ids(body)
-    assert not any("id" in p.get("functionCall", p.get("functionResponse", {})) for c in body["contents"] for p in c["parts"])
+    assert not any(
+        "id" in p.get("functionCall", p.get("functionResponse", {})) for c in body["contents"] for p in c["parts"]
+    )
 
 
 def test_a_gemini_body_for_a_gemini_upstream_is_only_normalised() -> None:
@@ -975,8 +1121,19 @@ def test_a_gemini_body_for_a_gemini_upstream_is_only_normalised() -> None:
         "model": "x",
         "system_instruction": {"parts": [{"text": "s"}]},
         "contents": [
-            {"parts": [{"functionCall": {"name": "a", "args": {}}, "thought_signature": "c2ln"}, {"functionCall": {"name": "b", "args": {}}, "thoughtSignature": "!!"}]},
-            {"role": "tool", "parts": [{"functionResponse": {"name": "", "response": {}}, "thoughtSignature": "c2ln"}, {"functionResponse": {"name": "b", "response": {}}}]},
+            {
+                "parts": [
+                    {"functionCall": {"name": "a", "args": {}}, "thought_signature": "c2ln"},
+                    {"functionCall": {"name": "b", "args": {}}, "thoughtSignature": "!!"},
+                ]
+            },
+            {
+                "role": "tool",
+                "parts": [
+                    {"functionResponse": {"name": "", "response": {}}, "thoughtSignature": "c2ln"},
+                    {"functionResponse": {"name": "b", "response": {}}},
+                ],
+            },
         ],
         "generationConfig": {"responseSchema": {"type": "OBJECT"}},
     }
@@ -990,7 +1147,10 @@ def test_a_gemini_body_for_a_gemini_upstream_is_only_normalised() -> None:
     ]
     assert out["contents"][2] == {
         "role": "user",
-        "parts": [{"functionResponse": {"name": "a", "response": {}}}, {"functionResponse": {"name": "b", "response": {}}}],
+        "parts": [
+            {"functionResponse": {"name": "a", "response": {}}},
+            {"functionResponse": {"name": "b", "response": {}}},
+        ],
     }
     assert out["generationConfig"] == {"responseJsonSchema": {"type": "object"}}
     assert len(out["safetySettings"]) == 5
@@ -1008,7 +1168,7 @@ def _answer() -> ir.Response:
             ir.Text("Here you go."),
             ir.ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}', signature="c2lnMg=="),
             ir.ToolCall(id="call_2", name="get_weather", arguments="{'city': 'Rome',}"),
-            ir.Image(data="iVBOR", media_type="image/png"),
+            ir.Image(data="iVBORw==", media_type="image/png"),
         ],
         finish=ir.Finish("tool_calls"),
         usage=ir.Usage(input_tokens=100, output_tokens=80, cached_tokens=40, reasoning_tokens=50, total_tokens=180),
@@ -1026,9 +1186,12 @@ def test_an_answer_renders_as_a_generate_content_response() -> None:
                     "parts": [
                         {"text": "thinking it over", "thought": True, "thoughtSignature": "c2lnMQ=="},
                         {"text": "Here you go."},
-                        {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_1"}, "thoughtSignature": "c2lnMg=="},
+                        {
+                            "functionCall": {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_1"},
+                            "thoughtSignature": "c2lnMg==",
+                        },
                         {"functionCall": {"name": "get_weather", "args": {"city": "Rome"}, "id": "call_2"}},
-                        {"inlineData": {"mimeType": "image/png", "data": "iVBOR"}},
+                        {"inlineData": {"mimeType": "image/png", "data": "iVBORw=="}},
                     ],
                 },
                 "finishReason": "STOP",
@@ -1076,7 +1239,10 @@ def test_another_familys_reasoning_signature_survives_a_gemini_client_round_trip
     sdk = genai.GenerateContentResponse.model_validate(body)
     echoed = sdk.model_dump(mode="json", by_alias=True, exclude_none=True)["candidates"][0]["content"]
     req = gemini.parse_request({"contents": [{"role": "user", "parts": [{"text": "q"}]}, echoed]}, "claude-sonnet-4-5")
-    assert req.messages[1].parts == [ir.Reasoning(text="t", signature="EqQBCkYIBxgCKkD/+", family="claude"), ir.Text("a")]
+    assert req.messages[1].parts == [
+        ir.Reasoning(text="t", signature="EqQBCkYIBxgCKkD/+", family="claude"),
+        ir.Text("a"),
+    ]
 
 
 def test_a_carrier_is_read_in_both_base64_alphabets() -> None:
@@ -1144,7 +1310,12 @@ def test_a_length_stop_from_any_upstream_is_max_tokens() -> None:
 @pytest.mark.parametrize("sse", [True, False])
 def test_a_mid_stream_error_is_a_google_error_in_either_framing(sse: bool) -> None:
     """C55, R15."""
-    events = [ir.Start(id="r"), ir.TextDelta("partial"), ir.StreamError(status=529, message="Overloaded"), ir.TextDelta("late")]
+    events = [
+        ir.Start(id="r"),
+        ir.TextDelta("partial"),
+        ir.StreamError(status=529, message="Overloaded"),
+        ir.TextDelta("late"),
+    ]
     out = render_stream(events, sse=sse)
     error = {"error": {"code": 529, "message": "Overloaded", "status": "INTERNAL"}}
     if sse:
@@ -1169,7 +1340,12 @@ def test_a_tool_call_is_sent_whole_when_it_ends() -> None:
     renderer = gemini_stream.StreamRenderer(request(), sse=True)
     outputs = [renderer.feed(e) for e in events]
     assert outputs[:6] == [b""] * 6
-    calls = [p["functionCall"] for c in sse_payloads(b"".join(outputs)) for p in c["candidates"][0]["content"]["parts"] if "functionCall" in p]
+    calls = [
+        p["functionCall"]
+        for c in sse_payloads(b"".join(outputs))
+        for p in c["candidates"][0]["content"]["parts"]
+        if "functionCall" in p
+    ]
     assert calls == [
         {"name": "get_weather", "args": {"city": "Paris"}, "id": "toolu_1"},
         {"name": "get_time", "args": {}, "id": "toolu_2"},
@@ -1193,7 +1369,11 @@ def test_reasoning_streams_as_thought_parts_with_signatures_where_gemini_expects
         {"text": "answer", "thoughtSignature": "c2ln"},
         {"text": "more", "thought": True},
     ]
-    assert parts[3]["thought"] is True and gemini.read_signature(parts[3]["thoughtSignature"]) == ("claude", "EqQB", False)
+    assert parts[3]["thought"] is True and gemini.read_signature(parts[3]["thoughtSignature"]) == (
+        "claude",
+        "EqQB",
+        False,
+    )
     assert parts[4] == {"inlineData": {"mimeType": "image/png", "data": "iVBOR"}}
 
 
@@ -1233,7 +1413,9 @@ def test_errors_use_googles_envelope_with_the_rpc_status_of_the_http_code(status
 
 def test_an_error_can_name_its_own_rpc_status_and_be_sent_mid_stream() -> None:
     assert gemini.error_body(400, "x", "FAILED_PRECONDITION")["error"]["status"] == "FAILED_PRECONDITION"
-    assert gemini.stream_error(503, "busy") == b'data: {"error":{"code":503,"message":"busy","status":"UNAVAILABLE"}}\n\n'
+    assert (
+        gemini.stream_error(503, "busy") == b'data: {"error":{"code":503,"message":"busy","status":"UNAVAILABLE"}}\n\n'
+    )
 
 
 def test_the_message_of_an_upstream_google_error_is_extracted_for_other_clients() -> None:
@@ -1247,7 +1429,10 @@ def test_the_message_of_an_upstream_google_error_is_extracted_for_other_clients(
 
 def test_count_tokens_answers_in_geminis_shape() -> None:
     """C57, §5."""
-    assert gemini.count_tokens_response(42) == {"totalTokens": 42, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 42}]}
+    assert gemini.count_tokens_response(42) == {
+        "totalTokens": 42,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 42}],
+    }
 
 
 def test_model_listings_name_models_with_their_prefix() -> None:
@@ -1264,14 +1449,12 @@ def test_model_listings_name_models_with_their_prefix() -> None:
         "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
     }
     assert gemini.strip_models_prefix("models/x") == "x"
-    genai.Model.model_validate(gemini.model_entry("gemini-2.5-flash"))
 
 
 # --- purity -----------------------------------------------------------------------------------
 
 _STDLIB = {"__future__", "base64", "binascii", "collections", "copy", "dataclasses", "datetime", "hashlib", "re"}
 _STDLIB |= {"secrets", "typing"}
-_OURS = {"gateway.ir", "gateway.thinking", "gateway.dialects"}
 
 
 @pytest.mark.parametrize("module", ["gemini.py", "gemini_stream.py", "gemini_schema.py"])
@@ -1282,6 +1465,6 @@ def test_the_dialect_modules_import_nothing_but_the_standard_library_orjson_and_
         if isinstance(node, ast.Import):
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
-    outside = {n for n in imported if n.split(".")[0] not in _STDLIB | {"orjson"} and n not in _OURS}
-    assert {n for n in outside if not n.startswith("gateway.dialects.gemini")} == set()
+            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+    outside = {n for n in imported if n.split(".")[0] not in _STDLIB | {"orjson"}}
+    assert {n for n in outside if not n.startswith(("gateway.ir", "gateway.thinking", "gateway.dialects"))} == set()

@@ -192,7 +192,10 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {
             "type": "object",
             "properties": {
-                "a": {"type": "object", "properties": {"reason": {"type": "string", "description": PLACEHOLDER_REASON}}},
+                "a": {
+                    "type": "object",
+                    "properties": {"reason": {"type": "string", "description": PLACEHOLDER_REASON}},
+                },
                 "b": {"type": "object", "properties": {"reason": {"type": "string", "description": "Why"}}},
             },
         },
@@ -222,7 +225,9 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
                 "type": "object",
                 "additionalProperties": {"type": "string"},
                 "patternProperties": {"^x": {"type": "string"}},
-                "properties": {"tags": {"type": "array", "items": {"type": "string", "minLength": 2}, "uniqueItems": True}},
+                "properties": {
+                    "tags": {"type": "array", "items": {"type": "string", "minLength": 2}, "uniqueItems": True}
+                },
             },
         },
         {
@@ -260,7 +265,10 @@ def test_a_schema_that_is_not_an_object_becomes_an_empty_object_schema() -> None
 
 
 def test_gemini_openapi_type_names_are_lowercased_without_touching_property_names() -> None:
-    schema = {"type": "OBJECT", "properties": {"TYPE": {"type": "STRING"}, "list": {"type": "ARRAY", "items": {"type": "INTEGER"}}}}
+    schema = {
+        "type": "OBJECT",
+        "properties": {"TYPE": {"type": "STRING"}, "list": {"type": "ARRAY", "items": {"type": "INTEGER"}}},
+    }
     assert to_json_schema(schema) == {
         "type": "object",
         "properties": {"TYPE": {"type": "string"}, "list": {"type": "array", "items": {"type": "integer"}}},
