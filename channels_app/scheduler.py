@@ -52,6 +52,7 @@ class RoutingTable:
 
     built_at: float
     strategy: str
+    keepalive_seconds: int = 0
     models: dict[int, dict[str, list[tuple[ChannelSnapshot, str, str]]]] = field(default_factory=dict)
 
     def entries(self, team_id: int, model: str) -> list[tuple[ChannelSnapshot, str, str]]:
@@ -81,7 +82,11 @@ async def table() -> RoutingTable:
 def build_table() -> RoutingTable:
     """Read every enabled channel the relay can speak to into a routing table."""
     runtime = RuntimeSettings.load()
-    table = RoutingTable(built_at=time.monotonic(), strategy=runtime.routing_strategy)
+    table = RoutingTable(
+        built_at=time.monotonic(),
+        strategy=runtime.routing_strategy,
+        keepalive_seconds=runtime.streaming_keepalive_seconds,
+    )
     channels = (
         Channel.objects.filter(enabled=True, kind__in=supported_kinds())
         .select_related("proxy")

@@ -89,6 +89,14 @@ class ClientDialect:
             return openai_responses_stream.StreamRenderer(req, codex_client=incoming.codex_client)
         return openai_chat_stream.StreamRenderer(req)
 
+    def ping(self, incoming: Incoming) -> bytes:
+        """A keep-alive this dialect's stream parsers skip."""
+        if self.family == "claude":
+            return b'event: ping\ndata: {"type": "ping"}\n\n'
+        if self.family == "gemini" and not incoming.sse:
+            return b"\n"  # whitespace between JSON array elements
+        return b": keep-alive\n\n"
+
     def render_response(self, resp: ir.Response, req: ir.Request) -> bytes:
         return orjson.dumps(self.module.render_response(resp, req))
 

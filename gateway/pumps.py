@@ -6,6 +6,7 @@ knows how it ended; a client that goes away mid-stream is recorded with status 4
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -48,6 +49,7 @@ class Attempt:
     captured: list[bytes] = field(default_factory=list)
     captured_size: int = 0
     finished: bool = False
+    keepalive: float = 0  # seconds of upstream silence before a keep-alive goes to the client
 
     def capture(self, chunk: bytes) -> None:
         if chunk and self.captured_size < _MAX_CAPTURE:
@@ -195,6 +197,41 @@ async def read_events(attempt: Attempt, response: httpx.Response, parser: Parser
     return aggregate
 
 
+SSE_KEEPALIVE = b": keep-alive\n\n"
+
+
+async def upstream_chunks(response: httpx.Response, keepalive: float = 0) -> AsyncIterator[bytes | None]:
+    """The upstream body as it arrives; with ``keepalive`` > 0, ``None`` after each quiet interval.
+
+    The pending read is never cancelled by the timer (that would break the connection): the
+    same read keeps running while the caller sends its keep-alive.
+    """
+    chunks = response.aiter_raw()
+    if keepalive <= 0:
+        async for chunk in chunks:
+            yield chunk
+        return
+    iterator = chunks.__aiter__()
+    pending: asyncio.Task[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=keepalive)
+            if not done:
+                yield None
+                continue
+            try:
+                chunk = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield chunk
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+
+
 def streaming_response(body: AsyncIterator[bytes], content_type: str) -> StreamingHttpResponse:
     response = StreamingHttpResponse(body, content_type=content_type)
     response["Cache-Control"] = "no-cache"
@@ -203,12 +240,20 @@ def streaming_response(body: AsyncIterator[bytes], content_type: str) -> Streami
 
 
 async def pump_translated(
-    attempt: Attempt, response: httpx.Response, parser: Parser, renderer: Renderer
+    attempt: Attempt,
+    response: httpx.Response,
+    parser: Parser,
+    renderer: Renderer,
+    keepalive: float = 0,
+    ping: bytes = SSE_KEEPALIVE,
 ) -> AsyncIterator[bytes]:
-    """Upstream stream → IR events → the client's frames, as they arrive."""
+    """Upstream stream → IR events → the client's frames, as they arrive (``ping`` when quiet)."""
     outcome = _Outcome()
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in upstream_chunks(response, keepalive):
+            if chunk is None:
+                yield ping
+                continue
             attempt.mark_first_byte()
             out = _render(attempt, parser.feed(chunk), renderer, outcome)
             if out:
@@ -243,12 +288,17 @@ async def pump_passthrough(
     parser: Parser,
     transform: Callable[[bytes], bytes] | None = None,
     tail: Callable[[], bytes] | None = None,
+    keepalive: float = 0,
+    ping: bytes = SSE_KEEPALIVE,
 ) -> AsyncIterator[bytes]:
     """Same-dialect stream: the upstream's bytes go out as they came (``transform`` aside);
     the family parser reads them only for usage and in-stream errors."""
     outcome = _Outcome()
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in upstream_chunks(response, keepalive):
+            if chunk is None:
+                yield ping
+                continue
             attempt.mark_first_byte()
             _render(attempt, parser.feed(chunk), _NullRenderer, outcome)
             out = transform(chunk) if transform else chunk

@@ -37,6 +37,7 @@ from gateway.client_dialects import (
 from gateway.dialects import BadRequest, anthropic_messages, gemini, openai_chat, openai_responses
 from gateway.errors import RelayError
 from gateway.pumps import (
+    SSE_KEEPALIVE,
     Attempt,
     UpstreamRejection,
     open_call,
@@ -45,6 +46,7 @@ from gateway.pumps import (
     read_all,
     read_events,
     streaming_response,
+    upstream_chunks,
 )
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,9 @@ async def handle(
         incoming = _incoming(request, client, attempt, path_model, action)
         attempt.model, attempt.stream = incoming.model, incoming.stream
         base_model, suffix = _check_model(attempt, incoming.model)
-        attempt.route = route = scheduler.choose(await scheduler.table(), attempt.key, base_model)
+        table = await scheduler.table()
+        attempt.keepalive = table.keepalive_seconds
+        attempt.route = route = scheduler.choose(table, attempt.key, base_model)
         executor = executor_for(route.channel.kind)
         assert executor is not None  # the routing table holds only kinds with an executor
         if executor.family == client.family and suffix is None:
@@ -175,10 +179,14 @@ async def _passthrough(
         if family == "gemini" and not incoming.sse:
             array = _SseToJsonArray()
             return streaming_response(
-                pump_passthrough(attempt, response, parser, array.feed, array.finish), "application/json"
+                pump_passthrough(
+                    attempt, response, parser, array.feed, array.finish, attempt.keepalive, client.ping(incoming)
+                ),
+                "application/json",
             )
         return streaming_response(
-            pump_passthrough(attempt, response, parser), response.headers.get("content-type", "text/event-stream")
+            pump_passthrough(attempt, response, parser, keepalive=attempt.keepalive, ping=client.ping(incoming)),
+            response.headers.get("content-type", "text/event-stream"),
         )
     if upstream_stream:  # a Responses client asked for one JSON answer from an always-streaming upstream
         req = client.parse(incoming)
@@ -211,7 +219,10 @@ async def _relay_openai_stream(
     status, error_type, message = 499, "client_disconnected", "client closed the connection"
     done_delivered = False
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in upstream_chunks(response, attempt.keepalive):
+            if chunk is None:
+                yield SSE_KEEPALIVE
+                continue
             attempt.mark_first_byte()
             out = relay.feed(chunk)
             if out:
@@ -304,7 +315,8 @@ async def _translated(
         estimate = tokens.estimate_request(req) if client.family == "claude" and family != "claude" else 0
         renderer = client.renderer(req, incoming, estimate)
         content_type = "application/json" if client is GEMINI and not incoming.sse else "text/event-stream"
-        return streaming_response(pump_translated(attempt, response, parser, renderer), content_type)
+        pump = pump_translated(attempt, response, parser, renderer, attempt.keepalive, client.ping(incoming))
+        return streaming_response(pump, content_type)
     if upstream_stream:
         return _aggregated_answer(attempt, client, req, await read_events(attempt, response, parser))
     raw = await read_all(attempt, response)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,6 +36,7 @@ class StreamParser:
         self._done = False
         self._reasoning = False
         self._calls = 0
+        self._held: _HeldCall | None = None
         self._seed = ""
         self._meta: dict[str, Any] = {}
         self._finish = ""
@@ -180,6 +182,8 @@ class StreamParser:
             text = part.get("text")
             signature = part.get("thoughtSignature") or part.get("thought_signature") or ""
             if text is not None:
+                if self._held is not None:
+                    self._release(events)
                 if part.get("thought"):
                     if text:
                         self._reasoning = True
@@ -201,24 +205,38 @@ class StreamParser:
         blob = part.get("inlineData") or part.get("inline_data")
         if not (isinstance(call, dict) or isinstance(blob, dict) or signature):
             return
+        if isinstance(call, dict):
+            args = call.get("args")
+            args = args if isinstance(args, dict) else {}
+            name = str(call.get("name") or "")
+            if not name and self._held is not None:  # a nameless call continues the previous one (§6 item 19)
+                self._held.args.update(args)
+                return
+            self._release(events)
+            self._held = _HeldCall(name, dict(args), str(call.get("id") or ""), signature)
+            return
+        self._release(events)
+        if isinstance(blob, dict):
+            mime = blob.get("mimeType") or blob.get("mime_type") or "image/png"
+            events.append(ir.ImageOutput(data=blob.get("data") or "", media_type=mime))
+        if signature:
+            events.append(ir.ReasoningDone(signature=signature, family="gemini"))
+
+    def _release(self, events: list[ir.Event]) -> None:
+        """Emit the call held back in case a nameless continuation followed it."""
         if self._reasoning:
             self._reasoning = False
             events.append(ir.ReasoningDone(family="gemini"))
-        if isinstance(call, dict):
-            name = str(call.get("name") or "")
-            args = call.get("args")
-            arguments = orjson.dumps(args if isinstance(args, dict) else {}).decode()
-            index = self._calls
-            self._calls += 1
-            ident = call.get("id") or gemini.call_id(self._seed, index, name, arguments)
-            events.append(ir.ToolCallStart(index, ident, self._names.get(name, name), signature=signature))
-            events.append(ir.ToolCallDelta(index, arguments))
-            events.append(ir.ToolCallEnd(index))
-        elif isinstance(blob, dict):
-            mime = blob.get("mimeType") or blob.get("mime_type") or "image/png"
-            events.append(ir.ImageOutput(data=blob.get("data") or "", media_type=mime))
-        if signature and not isinstance(call, dict):
-            events.append(ir.ReasoningDone(signature=signature, family="gemini"))
+        held, self._held = self._held, None
+        if held is None:
+            return
+        arguments = orjson.dumps(held.args).decode()
+        index = self._calls
+        self._calls += 1
+        ident = held.id or gemini.call_id(self._seed, index, held.name, arguments)
+        events.append(ir.ToolCallStart(index, ident, self._names.get(held.name, held.name), signature=held.signature))
+        events.append(ir.ToolCallDelta(index, arguments))
+        events.append(ir.ToolCallEnd(index))
 
     def _terminate(self) -> list[ir.Event]:
         if self._done:
@@ -227,14 +245,20 @@ class StreamParser:
         if not self._started:
             return [ir.StreamError(status=502, message="the upstream closed the stream without a response")]
         events: list[ir.Event] = []
-        if self._reasoning:
-            self._reasoning = False
-            events.append(ir.ReasoningDone(family="gemini"))
+        self._release(events)
         usage = gemini.usage_from(self._meta) if self._meta else None
         if usage is not None:
             events.append(ir.UsageUpdate(usage))
         events.append(ir.End(gemini.finish_from(self._finish, self._calls > 0, self._blocked)))
         return events
+
+
+@dataclass(slots=True)
+class _HeldCall:
+    name: str
+    args: dict[str, Any]
+    id: str
+    signature: str
 
 
 _ARRAY_TOKENS = re.compile(rb'[{}\[\]"]')

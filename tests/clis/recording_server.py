@@ -549,6 +549,33 @@ def _model_list(dialect: str) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------------------- inspection
+
+
+def tool_results(dialect: str, body: Any) -> list[str]:
+    """The text of every tool result a request carries back to the model, whatever its wire format."""
+    if not isinstance(body, dict):
+        return []
+    found: list[str] = []
+    if dialect == "anthropic":
+        for message in body.get("messages") or []:
+            for block in message.get("content") if isinstance(message.get("content"), list) else []:
+                if isinstance(block, dict) and block.get("type") == "tool_result":
+                    found.append(_text_of(block.get("content")))
+    elif dialect == "responses":
+        for item in body.get("input") or []:
+            if isinstance(item, dict) and str(item.get("type", "")).endswith("_output"):
+                found.append(_text_of(item.get("output")))
+    elif dialect == "gemini":
+        for content in body.get("contents") or []:
+            for part in content.get("parts") or []:
+                if isinstance(part, dict) and "functionResponse" in part:
+                    found.append(_text_of(part["functionResponse"].get("response")))
+    elif dialect == "chat":
+        found += [_text_of(m.get("content")) for m in body.get("messages") or [] if m.get("role") == "tool"]
+    return found
+
+
 # --------------------------------------------------------------------------------------------------- server
 
 

@@ -10,11 +10,14 @@ import ast
 import base64
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
+from google import genai as google_genai
 from google.genai import types as genai
 
 from gateway import ir
@@ -152,6 +155,11 @@ def test_recorded_upstream_streams_read_the_same_however_the_bytes_are_split(nam
     assert resp.usage == expected.usage
 
 
+def test_the_create_time_of_a_chunk_is_read_to_the_second() -> None:
+    created = aggregate(parse_stream(fixture("code_assist_stream.sse"))).response.created
+    assert created == int(datetime(2026, 3, 2, 10, 11, 12, tzinfo=UTC).timestamp())
+
+
 def test_the_stream_events_come_in_the_order_gemini_sent_them() -> None:
     events = parse_stream(fixture("stream_thoughts_two_calls.sse"))
     kinds = [type(e).__name__ for e in events]
@@ -254,6 +262,19 @@ def test_sanitised_names_in_the_stream_are_given_back_as_the_clients_originals()
     chunk = {"candidates": [{"content": {"parts": [{"functionCall": {"name": sent, "args": {"a": 1}}}]}}]}
     events = parse_stream(b"data: " + orjson.dumps(chunk) + b"\n\n", req=req)
     assert [e.name for e in events if isinstance(e, ir.ToolCallStart)] == ["my tool/v2"]
+
+
+def test_a_nameless_function_call_continues_the_arguments_of_the_one_before() -> None:
+    """§6 item 19."""
+    first = {"candidates": [{"content": {"parts": [{"functionCall": {"name": "write", "args": {"path": "a.txt"}}}]}}]}
+    rest = {
+        "candidates": [
+            {"content": {"parts": [{"functionCall": {"name": "", "args": {"text": "hi"}}}]}, "finishReason": "STOP"}
+        ]
+    }
+    events = parse_stream(b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in (first, rest)))
+    calls = aggregate(events).response.tool_calls
+    assert [(c.name, orjson.loads(c.arguments)) for c in calls] == [("write", {"path": "a.txt", "text": "hi"})]
 
 
 def test_inline_images_and_signature_only_parts_are_read() -> None:
@@ -478,13 +499,9 @@ def test_tool_roles_are_the_users_and_missing_roles_alternate() -> None:
             {"parts": [{"text": "e"}]},
         ]
     }
-    assert [m.role for m in gemini.parse_request(body, "m").messages] == [
-        "user",
-        "assistant",
-        "user",
-        "user",
-        "assistant",
-    ]
+    messages = gemini.parse_request(body, "m").messages
+    assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert messages[2] == user(ir.Text("c"), ir.Text("d"))
 
 
 def test_snake_case_spellings_are_read_like_camel_case_ones() -> None:
@@ -1383,6 +1400,71 @@ def test_a_recorded_gemini_stream_renders_back_to_an_equivalent_stream() -> None
     original = aggregate(parse_stream(fixture("stream_thoughts_two_calls.sse"))).response
     assert again.parts == original.parts
     assert again.usage == original.usage and again.finish.reason == "tool_calls"
+
+
+def _weather(city: str, unit: str = "celsius") -> str:
+    """Weather for a city."""
+    return "sunny"
+
+
+class _SdkGateway:
+    """Answers the google-genai SDK through this dialect alone (an in-process httpx transport)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, ir.Request]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        action = request.url.path.rsplit(":", 1)[1]
+        model = request.url.path.split("/models/")[1].split(":")[0]
+        req = gemini.parse_request(orjson.loads(request.content), model, stream=action == "streamGenerateContent")
+        self.requests.append((action, req))
+        if action == "countTokens":
+            return httpx.Response(200, json=gemini.count_tokens_response(11))
+        call = ir.ToolCall(id="", name="_weather", arguments='{"city": "Paris"}', signature="c2lnMg==")
+        thought = ir.Reasoning(text="Need the tool.", signature="c2lnMQ==", family="gemini")
+        done = any(isinstance(p, ir.ToolResult) for m in req.messages for p in m.parts)
+        parts: list[ir.Part] = [ir.Text("It is sunny.")] if done else [thought, call]
+        if action == "streamGenerateContent":
+            renderer = gemini_stream.StreamRenderer(req, sse=request.url.params.get("alt") == "sse")
+            events: list[ir.Event] = [ir.Start(id="s1"), ir.TextDelta("It is "), ir.TextDelta("sunny.")]
+            body = b"".join(renderer.feed(e) for e in [*events, ir.End(ir.Finish("stop"))]) + renderer.finish()
+            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        resp = ir.Response(id="r1", parts=parts, finish=ir.Finish("stop" if done else "tool_calls"))
+        return httpx.Response(200, json=gemini.render_response(resp, req))
+
+
+def test_the_google_genai_sdk_speaks_to_this_dialect_end_to_end() -> None:
+    """The official SDK's bodies parse, and our answers, streams and token counts parse in the SDK."""
+    gateway = _SdkGateway()
+    options = genai.HttpOptions(
+        base_url="http://gateway.test", httpx_client=httpx.Client(transport=httpx.MockTransport(gateway))
+    )
+    client = google_genai.Client(api_key="k", http_options=options)
+    config = genai.GenerateContentConfig(
+        system_instruction="Be brief.",
+        tools=[_weather],
+        thinking_config=genai.ThinkingConfig(thinking_budget=512, include_thoughts=True),
+        automatic_function_calling=genai.AutomaticFunctionCallingConfig(disable=True),
+    )
+    chat = client.chats.create(model="gemini-2.5-flash", config=config)
+    first = chat.send_message("Weather in Paris?")
+    assert first.function_calls and first.function_calls[0].args == {"city": "Paris"}
+    second = chat.send_message(genai.Part.from_function_response(name="_weather", response={"result": "sunny"}))
+    assert second.text == "It is sunny."
+    streamed = "".join(
+        c.text or "" for c in client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi")
+    )
+    assert streamed == "It is sunny."
+    assert client.models.count_tokens(model="gemini-2.5-flash", contents="hi").total_tokens == 11
+    action, replay = gateway.requests[1]
+    assert action == "generateContent" and replay.top_level_system()[0].parts == [ir.Text("Be brief.")]
+    assert replay.thinking == ir.Thinking(mode="budget", budget=512, include_thoughts=True)
+    assert replay.tools[0].parameters["required"] == ["city"]
+    reasoning, call = replay.messages[1].parts
+    assert reasoning == ir.Reasoning(text="Need the tool.", signature="c2lnMQ==", family="gemini")
+    assert isinstance(call, ir.ToolCall) and call.signature == "c2lnMg=="
+    result = replay.messages[2].parts[0]
+    assert isinstance(result, ir.ToolResult) and (result.call_id, result.content) == (call.id, [ir.Text("sunny")])
 
 
 # --- errors, listings, token counts -----------------------------------------------------------
