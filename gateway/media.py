@@ -21,6 +21,7 @@ from django.conf import settings
 
 from channels_app import transport
 from gateway import ir
+from gateway.dialects import gemini
 from gateway.errors import RelayError
 
 
@@ -30,8 +31,13 @@ def remote_images(req: ir.Request) -> Iterator[ir.Image]:
         for part in message.parts:
             parts: list[ir.Part] = list(part.content) if isinstance(part, ir.ToolResult) else [part]
             for item in parts:
-                if isinstance(item, ir.Image) and item.url and not item.data:
+                if isinstance(item, ir.Image) and item.url and not item.data and _is_remote(item.url):
                     yield item
+
+
+def _is_remote(url: str) -> bool:
+    """http(s) images must be fetched; data: URLs are inline and gs:// or Files API URIs Gemini reads itself."""
+    return url.startswith(("http://", "https://")) and not gemini.is_gemini_file_uri(url)
 
 
 async def inline_remote_images(req: ir.Request) -> None:

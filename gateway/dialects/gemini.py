@@ -479,7 +479,7 @@ def parse_count_tokens_request(body: Any, model: str) -> ir.Request:
     """A countTokens body: ``contents`` or a wrapped ``generateContentRequest``."""
     if isinstance(body, dict) and isinstance(body.get("generateContentRequest"), dict):
         inner = body["generateContentRequest"]
-        return parse_request(inner, inner.get("model") or model)
+        return parse_request(inner, str(inner.get("model") or model))
     return parse_request(body, model)
 
 
@@ -669,7 +669,8 @@ class _HistoryReader:
         ref = _first(part, "fileData", "file_data")
         if isinstance(ref, dict):
             uri = _first(ref, "fileUri", "file_uri") or ""
-            mime = _first(ref, "mimeType", "mime_type") or ""
+            mime = _first(ref, "mimeType", "mime_type")
+            mime = mime if isinstance(mime, str) else ""
             if not isinstance(uri, str) or not uri:
                 raise BadRequest(f"contents[{ci}].parts[{pi}].fileData.fileUri is required")
             run.cut()
@@ -724,7 +725,7 @@ def _declaration(decl: dict[str, Any]) -> ir.Tool:
     return ir.Tool(
         name=name,
         description=description if isinstance(description, str) else "",
-        parameters=schema if isinstance(schema, dict) else dict(EMPTY_OBJECT_SCHEMA),
+        parameters=schema if isinstance(schema, dict) else {"type": "object", "properties": {}},
     )
 
 
@@ -954,7 +955,8 @@ class _ContentsWriter:
             elif isinstance(part, ir.ToolCall):
                 signature = part.signature if is_gemini_signature(part.signature) else pending
                 pending = ""
-                call = {"name": self.names.get(part.name, part.name), "args": args_object(part.arguments, part.kind)}
+                name = self.names.get(part.name) or sanitize_name(part.name)
+                call = {"name": name, "args": args_object(part.arguments, part.kind)}
                 if part.id:
                     call["id"] = part.id
                 turn.parts.append({"functionCall": call, **({"thoughtSignature": signature} if signature else {})})

@@ -160,9 +160,7 @@ def ensure_cli(name: str, *, timeout: float = INSTALL_TIMEOUT) -> Path | None:
         argv.append(f"{spec.package}@{spec.version}")
         started = time.monotonic()
         try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-            )
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             _unavailable(name, f"{name}: npm install {spec.package}@{spec.version} timed out after {timeout:.0f}s")
             return None

@@ -53,9 +53,7 @@ def record(cli: str, scenario: str, model: str | None, kwargs: dict[str, Any]) -
     cwd, home = base / "cwd", base / "home"
     cwd.mkdir(parents=True)
     with RecordingServer() as srv:
-        result = harness.RUNNERS[cli](
-            srv.url, API_KEY, PROMPT, cwd, model, 180, proxy=srv.url, home=home, **kwargs
-        )
+        result = harness.RUNNERS[cli](srv.url, API_KEY, PROMPT, cwd, model, 180, proxy=srv.url, home=home, **kwargs)
     problems = []
     if result.returncode != 0 or EXPECTED_TOOL_OUTPUT not in result.stdout:
         problems.append(f"run failed:\n{result.describe()}")

@@ -141,7 +141,7 @@ def example_from_schema(schema: Any) -> Any:
     """A small value that satisfies a JSON schema (enums take their first value; Gemini's upper-case types too)."""
     if not isinstance(schema, dict):
         return None
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]
@@ -243,9 +243,7 @@ def anthropic_reply(body: dict[str, Any], script: Script) -> tuple[str, str, byt
     ]
     if kind == "tool":
         args = json.dumps(info["input"])
-        chunks.append(
-            sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": _json_delta("")})
-        )
+        chunks.append(sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": _json_delta("")}))
         for piece in (args[: len(args) // 2], args[len(args) // 2 :]):
             chunks.append(
                 sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": _json_delta(piece)})
@@ -431,12 +429,20 @@ def chat_reply(body: dict[str, Any], script: Script) -> tuple[str, str, bytes]:
     last = messages[-1] if messages else {}
     shell = next((n for n in (*RESPONSES_SHELL_TOOLS, *ANTHROPIC_SHELL_TOOLS, *GEMINI_SHELL_TOOLS) if n in tools), None)
     if last.get("role") == "tool":
-        kind, msg = "final", {"role": "assistant", "content": f"{script.final_text} Tool output: "
-                              f"{_find_output(_text_of(last.get('content')))}"}
+        kind, msg = (
+            "final",
+            {
+                "role": "assistant",
+                "content": f"{script.final_text} Tool output: {_find_output(_text_of(last.get('content')))}",
+            },
+        )
     elif shell and script.use_tool:
         args = _shell_arguments(tools[shell].get("function") or {}, script.command)
-        call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                "function": {"name": shell, "arguments": json.dumps(args)}}
+        call = {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": shell, "arguments": json.dumps(args)},
+        }
         kind, msg = "tool", {"role": "assistant", "content": None, "tool_calls": [call]}
     else:
         kind, msg = "side", {"role": "assistant", "content": script.side_text}
@@ -444,8 +450,14 @@ def chat_reply(body: dict[str, Any], script: Script) -> tuple[str, str, bytes]:
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
     if not body.get("stream"):
-        doc = {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-               "choices": [{"index": 0, "message": msg, "finish_reason": finish}], "usage": usage}
+        doc = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
+            "usage": usage,
+        }
         return kind, "application/json", json.dumps(doc).encode()
     head = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
     delta = dict(msg)
@@ -498,9 +510,9 @@ def gemini_reply(body: dict[str, Any], model: str, stream: bool, script: Script)
         parts_list = [[{"functionCall": {"name": info["name"], "args": info["args"]}}]]
     else:
         text = info["text"]
-        parts_list = [[{"text": text[: len(text) // 2]}], [{"text": text[len(text) // 2 :]}]] if stream else [
-            [{"text": text}]
-        ]
+        parts_list = (
+            [[{"text": text[: len(text) // 2]}], [{"text": text[len(text) // 2 :]}]] if stream else [[{"text": text}]]
+        )
     response_id = uuid.uuid4().hex[:20]
     chunks = []
     for n, parts in enumerate(parts_list):
@@ -514,8 +526,10 @@ def gemini_reply(body: dict[str, Any], model: str, stream: bool, script: Script)
         chunks.append(chunk)
     if not stream:
         return kind, "application/json", json.dumps(chunks[0]).encode()
-    return kind, "text/event-stream", b"".join(
-        f"data: {json.dumps(c, separators=(',', ':'))}\r\n\r\n".encode() for c in chunks
+    return (
+        kind,
+        "text/event-stream",
+        b"".join(f"data: {json.dumps(c, separators=(',', ':'))}\r\n\r\n".encode() for c in chunks),
     )
 
 
@@ -694,9 +708,7 @@ class _Handler(BaseHTTPRequestHandler):
             kind, ctype, payload = chat_reply(body, script)
             return 200, ctype, payload, "chat", kind
         if method == "GET" and re.search(r"/models/?$", path):
-            dialect = (
-                "gemini" if "v1beta" in path else "anthropic" if "anthropic-version" in self.headers else "openai"
-            )
+            dialect = "gemini" if "v1beta" in path else "anthropic" if "anthropic-version" in self.headers else "openai"
             return 200, "application/json", json.dumps(_model_list(dialect)).encode(), dialect, "models"
         if method in ("HEAD", "OPTIONS"):
             return 200, "text/plain", b"", "probe", "ok"
@@ -747,9 +759,13 @@ class RecordingServer:
         self._httpd.owner = self
         self.port = self._httpd.server_address[1]
         self.url = f"http://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="recording-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="recording-server", daemon=True
+        )
 
-    def _record(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: Any) -> Recorded:
+    def _record(
+        self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: Any
+    ) -> Recorded:
         with self._lock:
             rec = Recorded(len(self.requests) + 1, time.monotonic() - self._t0, method, path, query, headers, body)
             self.requests.append(rec)

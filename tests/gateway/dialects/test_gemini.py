@@ -25,7 +25,6 @@ from gateway.dialects import BadRequest, gemini, gemini_stream
 from gateway.thinking import parse_suffix
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "gemini"
-SIG_CALL = (FIXTURES / "response_thoughts_two_calls.json").read_text().split('"thoughtSignature": "')[1].split('"')[0]
 NAME_RULE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}$")
 
 
@@ -35,6 +34,9 @@ def fixture(name: str) -> bytes:
 
 def load(name: str) -> Any:
     return orjson.loads(fixture(name))
+
+
+SIG_CALL = load("response_thoughts_two_calls.json")["candidates"][0]["content"]["parts"][2]["thoughtSignature"]
 
 
 def parse_stream(data: bytes, size: int = 0, req: ir.Request | None = None) -> list[ir.Event]:
@@ -143,6 +145,7 @@ RECORDED_STREAMS = {
 @pytest.mark.parametrize("piece", [1, 3, 64, 0])
 @pytest.mark.parametrize("name", RECORDED_STREAMS)
 def test_recorded_upstream_streams_read_the_same_however_the_bytes_are_split(name: str, piece: int) -> None:
+    """C46, C47 (stream side): MAX_TOKENS is length, SAFETY is content_filter; usage per R6."""
     expected = RECORDED_STREAMS[name]
     folded = aggregate(parse_stream(fixture(name), piece))
     resp = folded.response
