@@ -5,7 +5,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8317
 PY      = $(VENV)/bin/python
 
-.PHONY: run test lint typecheck worker beat clean
+.PHONY: run test lint typecheck worker beat clean bench-translate
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ worker: $(VENV)/.installed
 
 beat: $(VENV)/.installed
 	exec $(VENV)/bin/celery -A gateway beat --loglevel=INFO
+
+## bench-translate: time stream translation for every upstream -> client pair; table + bench/results/translate.json
+bench-translate: $(VENV)/.installed
+	$(VENV)/bin/python bench/translate.py
 
 clean:
 	rm -rf $(VENV) staticfiles .mypy_cache .ruff_cache .pytest_cache

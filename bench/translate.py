@@ -379,13 +379,15 @@ def main() -> None:
     print(table(results))
     busy = [r for r in results if r.median_s > 1.1 * r.cpu_median_s]
     if busy:
-        print(f"\nnote: {len(busy)} pairs got under 91% of a core (wall vs CPU time): other load, rerun when quiet")
+        share = f"{len(busy)} of {len(results)} pairs"
+        print(f"\nnote: {share} got under 91% of a core (wall vs CPU time): other load, rerun when quiet")
     for r in results:
         for problem in r.problems:
             print(f"{r.upstream} -> {r.client}: {problem}", file=sys.stderr)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report(args, info, results), indent=2, ensure_ascii=False) + "\n")
-    print(f"\nwrote {args.json}")
+    written, here = args.json.resolve(), Path.cwd()
+    print(f"\nwrote {written.relative_to(here) if written.is_relative_to(here) else written}")
     if not all(r.verified for r in results):
         raise SystemExit(1)
 
