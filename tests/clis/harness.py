@@ -66,6 +66,7 @@ CLIS: dict[str, CliSpec] = {
 }
 
 _install_errors: dict[str, str] = {}
+_verified: dict[str, Path] = {}  # name -> executable already checked in this process
 
 
 class CliUnavailable(RuntimeError):
@@ -142,7 +143,10 @@ def ensure_cli(name: str, *, timeout: float = INSTALL_TIMEOUT) -> Path | None:
     reason in ``install_error(name)``) when it cannot be had."""
     spec = CLIS[name]
     path = cli_path(name)
+    if _verified.get(name) == path:
+        return path
     if _installed_version(path) == spec.version:
+        _verified[name] = path
         return path
     npm, major = shutil.which("npm"), node_major()
     if npm is None or major is None:
@@ -166,13 +170,16 @@ def ensure_cli(name: str, *, timeout: float = INSTALL_TIMEOUT) -> Path | None:
             return None
         took = time.monotonic() - started
         if proc.returncode != 0:
-            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
+            lines = [ln.removeprefix("npm error").strip() for ln in (proc.stderr or proc.stdout).splitlines()]
+            useful = [ln for ln in lines if len(ln) > 2 and not ln.startswith(("A complete log", "{", "}"))]
+            tail = " | ".join(useful[:3])
             _unavailable(name, f"{name}: npm install {spec.package}@{spec.version} failed ({proc.returncode}): {tail}")
             return None
         print(f"[clis] installed {spec.package}@{spec.version} into {target} in {took:.1f}s", file=sys.stderr)
     if _installed_version(path) != spec.version:
         _unavailable(name, f"{name}: installed, but {path} --version does not report {spec.version}")
         return None
+    _verified[name] = path
     return path
 
 
@@ -276,7 +283,11 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float, home: 
         timed_out = True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:  # a grandchild in its own process group still holds the pipes
+            proc.kill()
+            out, err = "", f"(output lost: a process started by the CLI kept its pipes open past {timeout}s)"
     code = -9 if timed_out else proc.returncode
     return CliResult(code, out or "", err or "", argv, time.monotonic() - started, timed_out, home)
 
@@ -288,16 +299,19 @@ def _shown(argv: list[str], secrets: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- Claude Code
 
 
-def claude_env(base_url: str, api_key: str, home: Path, *, auth: str = "x-api-key") -> dict[str, str]:
+def claude_env(
+    base_url: str, api_key: str, home: Path, *, auth: str = "x-api-key", fail_fast: bool = True
+) -> dict[str, str]:
     """The variables that make ``claude -p`` talk to ``base_url`` only, with ``api_key``, and nothing else.
 
     ``auth="x-api-key"`` sends the key as ``x-api-key`` (ANTHROPIC_API_KEY); ``auth="bearer"`` as
-    ``Authorization: Bearer`` (ANTHROPIC_AUTH_TOKEN)."""
+    ``Authorization: Bearer`` (ANTHROPIC_AUTH_TOKEN). ``fail_fast`` turns retries off: a refused or failing
+    base URL then ends the run at once (exit 1, ``API Error: …``) instead of ~10 retries with backoff."""
     env = {
         "ANTHROPIC_BASE_URL": base_url.rstrip("/"),
         "CLAUDE_CONFIG_DIR": str(home / ".claude"),
-        # One switch for: auto-updater, telemetry (Statsig), error reporting (Sentry), /bug, feedback
-        # surveys, release notes; without it the CLI dials api.anthropic.com at start and exit.
+        # The umbrella switch for non-essential traffic (updates, telemetry, error reporting, …). Without it
+        # 2.1.330 opens ~5 connections to api.anthropic.com per run even with a custom base URL.
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_UPDATES": "1",
@@ -307,6 +321,8 @@ def claude_env(base_url: str, api_key: str, home: Path, *, auth: str = "x-api-ke
         "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
     }
     env["ANTHROPIC_AUTH_TOKEN" if auth == "bearer" else "ANTHROPIC_API_KEY"] = api_key
+    if fail_fast:
+        env["CLAUDE_CODE_MAX_RETRIES"] = "0"
     return env
 
 
@@ -320,6 +336,7 @@ def run_claude(
     *,
     allowed_tools: Sequence[str] = ("Bash", "Read"),
     auth: str = "x-api-key",
+    fail_fast: bool = True,
     output_format: str = "text",
     extra_args: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
@@ -337,7 +354,9 @@ def run_claude(
         if model:
             argv += ["--model", model]
         argv += list(extra_args)
-        env = _base_env(h, proxy, {**claude_env(base_url, api_key, h, auth=auth), **(extra_env or {})})
+        env = _base_env(
+            h, proxy, {**claude_env(base_url, api_key, h, auth=auth, fail_fast=fail_fast), **(extra_env or {})}
+        )
         result = _run(argv, env, Path(cwd), timeout, h)
         result.argv = _shown(argv, [api_key])
         return result
@@ -349,8 +368,11 @@ CODEX_PROVIDER = "clirelay"
 CODEX_KEY_ENV = "CLIRELAY_API_KEY"
 
 
-def codex_config(base_url: str, model: str | None = None) -> str:
-    """``$CODEX_HOME/config.toml``: a custom Responses provider at ``{base_url}/v1``, nothing phoning home."""
+def codex_config(base_url: str, model: str | None = None, *, fail_fast: bool = True) -> str:
+    """``$CODEX_HOME/config.toml``: a custom Responses provider at ``{base_url}/v1``, nothing phoning home.
+
+    ``fail_fast``: no retries, and no endless "Reconnecting... waiting for network" when the base URL
+    refuses connections (the ``unbounded_connection_retries`` feature, on by default) — exit 1 at once."""
     root = base_url.rstrip("/")
     api_base = root if root.endswith("/v1") else f"{root}/v1"
     lines = []
@@ -369,14 +391,15 @@ def codex_config(base_url: str, model: str | None = None) -> str:
         "",
         "[features]",
         "plugins = false",  # else the plugin marketplace syncs from github.com / chatgpt.com at start
+        f"unbounded_connection_retries = {'false' if fail_fast else 'true'}",
         "",
         f"[model_providers.{CODEX_PROVIDER}]",
         'name = "CliRelay"',
         f"base_url = {json.dumps(api_base)}",
         f'env_key = "{CODEX_KEY_ENV}"',
         'wire_api = "responses"',
-        "request_max_retries = 1",
-        "stream_max_retries = 1",
+        f"request_max_retries = {0 if fail_fast else 4}",
+        f"stream_max_retries = {0 if fail_fast else 5}",
         "",
     ]
     return "\n".join(lines)
@@ -391,6 +414,7 @@ def run_codex(
     timeout: float = DEFAULT_TIMEOUT,
     *,
     sandbox: str | None = None,
+    fail_fast: bool = True,
     extra_args: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
     proxy: str | None = DEAD_PROXY,
@@ -406,7 +430,7 @@ def run_codex(
     with _home("codex", home, keep_home) as h:
         codex_home = h / ".codex"
         codex_home.mkdir(parents=True, exist_ok=True)
-        (codex_home / "config.toml").write_text(codex_config(base_url))
+        (codex_home / "config.toml").write_text(codex_config(base_url, fail_fast=fail_fast))
         argv = [exe, "exec", "--skip-git-repo-check", "--ephemeral", "--color", "never", "-C", str(cwd)]
         if sandbox:
             argv += ["--sandbox", sandbox]
@@ -424,13 +448,18 @@ def run_codex(
 # ---------------------------------------------------------------------------------------------------- Gemini
 
 
-def gemini_settings() -> dict[str, object]:
-    """``~/.gemini/settings.json``: API-key auth, no usage statistics, telemetry, updates or folder trust."""
+def gemini_settings(*, fail_fast: bool = True) -> dict[str, object]:
+    """``~/.gemini/settings.json``: API-key auth, no usage statistics, telemetry, updates or folder trust.
+
+    ``fail_fast``: one attempt per model request (default 10, with backoff, also on "fetch failed")."""
+    general: dict[str, object] = {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}
+    if fail_fast:
+        general |= {"maxAttempts": 1, "retryFetchErrors": False}
     return {
         # GOOGLE_GEMINI_BASE_URL alone makes the CLI pick the "gateway" auth type, which `-p` rejects
         # ("Invalid auth method selected."): name the API-key type explicitly.
         "security": {"auth": {"selectedType": "gemini-api-key"}, "folderTrust": {"enabled": False}},
-        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+        "general": general,
         "privacy": {"usageStatisticsEnabled": False},  # else Clearcut events go to play.googleapis.com
         "telemetry": {"enabled": False},
         "tools": {"useRipgrep": False},
@@ -445,6 +474,7 @@ def run_gemini(
     model: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     *,
+    fail_fast: bool = True,
     output_format: str = "text",
     extra_args: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
@@ -459,7 +489,7 @@ def run_gemini(
     with _home("gemini", home, keep_home) as h:
         settings = h / ".gemini" / "settings.json"
         settings.parent.mkdir(parents=True, exist_ok=True)
-        settings.write_text(json.dumps(gemini_settings(), indent=2))
+        settings.write_text(json.dumps(gemini_settings(fail_fast=fail_fast), indent=2))
         argv = [exe, "-p", prompt, "--yolo", "--output-format", output_format]
         if model:
             argv += ["--model", model]

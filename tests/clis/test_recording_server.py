@@ -133,6 +133,17 @@ def test_timeout_kills_the_cli(require_cli: Callable[[str], Path], cli_cwd: Path
     assert result.duration < 40
 
 
+@pytest.mark.cli
+@pytest.mark.parametrize("cli", ["claude", "codex", "gemini"])
+def test_refused_base_url_fails_fast(cli: str, require_cli: Callable[[str], Path], cli_cwd: Path) -> None:
+    """With the harness's fail-fast settings a dead gateway ends the run with exit 1 in seconds (by default
+    Claude Code and Gemini CLI retry ~10 times with backoff, and Codex waits for the network forever)."""
+    require_cli(cli)
+    result = harness.RUNNERS[cli](harness.DEAD_PROXY, API_KEY, PROMPT, cli_cwd, None, 60)
+    assert result.returncode == 1 and not result.timed_out, result.describe()
+    assert result.duration < 30, result.describe()
+
+
 # --------------------------------------------------------------------------- the server alone (no CLI needed)
 
 
