@@ -1,4 +1,4 @@
-"""The only road from a raw client key to tenant objects: ``aresolve_api_key()``.
+"""The only road from a raw client key to tenant objects: ``aresolve_api_key()`` (``aresolve_raw_key()``).
 
 Keys are looked up by HMAC in a short-lived in-process cache, so the request path makes no
 database call for a key it has seen in the last ``CLIRELAY_KEY_CACHE_SECONDS``. Saving or
@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import HttpRequest, QueryDict
 from django.utils import timezone
 
 from accounts.keys import hash_key
@@ -41,6 +43,28 @@ class KeySnapshot:
     allowed_group_ids: frozenset[int]
     allowed_channel_ids: frozenset[int]
     system_prompt: str
+    # Limits (accounts/limits.py); 0 = unlimited. Spending is in micro-USD so checks stay integer.
+    daily_request_limit: int = 0
+    total_request_limit: int = 0
+    token_quota: int = 0
+    spending_limit_micro: int = 0
+    rpm_limit: int = 0
+    tpm_limit: int = 0
+    concurrency_limit: int = 0
+    limited: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Computed once per cached snapshot: a key without limits skips the limiter entirely.
+        limits = (
+            self.daily_request_limit,
+            self.total_request_limit,
+            self.token_quota,
+            self.spending_limit_micro,
+            self.rpm_limit,
+            self.tpm_limit,
+            self.concurrency_limit,
+        )
+        object.__setattr__(self, "limited", any(limits))
 
     def allows_model(self, model: str) -> bool:
         return not self.allowed_models or any(wildcard_match(p, model) for p in self.allowed_models)
@@ -57,22 +81,38 @@ def invalidate() -> None:
 def credential_from(request: HttpRequest) -> str:
     """The key a client presented, from the places the four dialects put it."""
     meta = request.META
-    auth = meta.get("HTTP_AUTHORIZATION", "")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" and value else auth.strip()
-    return (
-        meta.get("HTTP_X_API_KEY")
-        or meta.get("HTTP_X_GOOG_API_KEY")
-        or request.GET.get("key")
-        or request.GET.get("auth_token")
-        or ""
+    return _credential(
+        meta.get("HTTP_AUTHORIZATION", ""),
+        meta.get("HTTP_X_API_KEY") or meta.get("HTTP_X_GOOG_API_KEY") or "",
+        request.GET,
     )
+
+
+def credential_from_scope(scope: Mapping[str, Any]) -> str:
+    """The key a WebSocket client presented in its handshake: the same places as over HTTP."""
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    query = QueryDict(scope.get("query_string", b"").decode("latin-1"))
+    return _credential(
+        headers.get("authorization", ""), headers.get("x-api-key") or headers.get("x-goog-api-key") or "", query
+    )
+
+
+def _credential(authorization: str, key_header: str, query: Mapping[str, str]) -> str:
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value else authorization.strip()
+    return key_header or query.get("key") or query.get("auth_token") or ""
 
 
 async def aresolve_api_key(request: HttpRequest) -> KeySnapshot:
     """Authenticate a request, raising a 401 ``RelayError`` naming what is wrong."""
-    raw = credential_from(request)
+    return await aresolve_raw_key(credential_from(request))
+
+
+async def aresolve_raw_key(raw: str) -> KeySnapshot:
+    """The key behind a raw credential ("" when none was presented), or a 401 ``RelayError``."""
     if not raw:
         raise RelayError(401, "Missing API key", code="missing_api_key")
     digest = hash_key(raw)
@@ -111,4 +151,11 @@ def _load(digest: str) -> KeySnapshot | None:
         allowed_group_ids=frozenset(g.pk for g in key.allowed_channel_groups.all()),
         allowed_channel_ids=frozenset(c.pk for c in key.allowed_channels.all()),
         system_prompt=key.system_prompt,
+        daily_request_limit=key.daily_request_limit,
+        total_request_limit=key.total_request_limit,
+        token_quota=key.token_quota,
+        spending_limit_micro=int(key.spending_limit_usd * 1_000_000),
+        rpm_limit=key.rpm_limit,
+        tpm_limit=key.tpm_limit,
+        concurrency_limit=key.concurrency_limit,
     )

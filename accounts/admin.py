@@ -24,7 +24,7 @@ from accounts.admin_scoping import (
     TeamScopedInline,
     is_superuser,
 )
-from accounts.models import ApiKey, ChannelGroup, PathRoute, Team, TeamMembership
+from accounts.models import ApiKey, ApiKeyUsageCounter, ChannelGroup, PathRoute, Team, TeamMembership
 
 # Plaintext keys issued while handling a request, held only until the response is built.
 _issued_keys: WeakKeyDictionary[HttpRequest, str] = WeakKeyDictionary()
@@ -99,12 +99,12 @@ class ApiKeyForm(SameTeamForm):
 @admin.register(ApiKey)
 class ApiKeyAdmin(TeamScopedAdmin):
     form = ApiKeyForm
-    list_display = ("name", "team", "key", "enabled", "expires_at", "created_at")
-    list_select_related = ("team",)
+    list_display = ("name", "team", "key", "enabled", "expires_at", "usage", "created_at")
+    list_select_related = ("team", "usage_counter")
     list_filter = (TeamFilter, "enabled")
     search_fields = ("name", "key_prefix", "notes")
     ordering = ("team__name", "name")
-    readonly_fields = ("key", "created_at", "updated_at")
+    readonly_fields = ("key", "usage", "created_at", "updated_at")
     filter_horizontal = ("allowed_channel_groups", "allowed_channels")
     actions = ("rotate_keys",)
     fieldsets = (
@@ -117,6 +117,7 @@ class ApiKeyAdmin(TeamScopedAdmin):
                     ("daily_request_limit", "total_request_limit"),
                     ("token_quota", "spending_limit_usd"),
                     ("rpm_limit", "tpm_limit", "concurrency_limit"),
+                    "usage",
                 )
             },
         ),
@@ -127,6 +128,14 @@ class ApiKeyAdmin(TeamScopedAdmin):
     @admin.display(description="Key", ordering="key_prefix")
     def key(self, obj: ApiKey) -> str:
         return obj.masked or "issued when you save"
+
+    @admin.display(description="Usage so far")
+    def usage(self, obj: ApiKey) -> str:
+        """Lifetime requests, tokens and cost (``ApiKeyUsageCounter``, read-only)."""
+        try:
+            return str(obj.usage_counter)
+        except ApiKeyUsageCounter.DoesNotExist:
+            return "none yet"
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if not change:

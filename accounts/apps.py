@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_delete, post_save
 
 
 class AccountsConfig(AppConfig):
@@ -6,4 +7,10 @@ class AccountsConfig(AppConfig):
     verbose_name = "Teams and API keys"
 
     def ready(self) -> None:
-        from accounts import signals  # noqa: F401  (connects cache invalidation)
+        from accounts import checks, signals  # noqa: F401  (registers the system checks, connects cache invalidation)
+        from accounts.limits import forget_counters
+        from accounts.models import ApiKey
+
+        # Changed limits start from the database's counters (accounts/limits.py).
+        post_save.connect(forget_counters, sender=ApiKey, dispatch_uid="accounts.limits.forget_counters")
+        post_delete.connect(forget_counters, sender=ApiKey, dispatch_uid="accounts.limits.forget_counters.delete")

@@ -152,3 +152,24 @@ class ApiKey(models.Model):
 
     def is_expired(self, now: dt.datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+
+class ApiKeyUsageCounter(models.Model):
+    """A key's lifetime usage, kept by the usage recorder: the source of truth for its quotas.
+
+    ``total_requests`` counts client requests (attempt 1 of each ``request_id``), tokens and
+    cost count every attempt (D2). Redis quota counters are seeded from this row.
+    """
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, primary_key=True, related_name="usage_counter")
+    total_requests = models.PositiveBigIntegerField(default=0)
+    total_tokens = models.PositiveBigIntegerField(default=0)
+    total_cost = models.DecimalField(max_digits=20, decimal_places=8, default=0, help_text="USD")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "API key usage"
+        verbose_name_plural = "API key usage"
+
+    def __str__(self) -> str:
+        return f"{self.total_requests} requests, {self.total_tokens} tokens, ${self.total_cost:.2f}"

@@ -33,7 +33,19 @@ class ChannelForm(SameTeamForm, WriteOnlySecretsForm):
 @admin.register(Channel)
 class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
     form = ChannelForm
-    list_display = ("name", "team", "kind", "enabled", "priority", "weight", "prefix", masked("secret"))
+    list_display = (
+        "name",
+        "team",
+        "kind",
+        "enabled",
+        "priority",
+        "weight",
+        "prefix",
+        masked("secret"),
+        "success_count",
+        "failure_count",
+        "latency",
+    )
     list_select_related = ("team",)
     list_filter = (TeamFilter, "kind", "enabled")
     search_fields = ("name", "prefix", "notes", "base_url")
@@ -50,6 +62,13 @@ class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
         ("Options", {"fields": ("options",)}),
         ("Dates", {"fields": ("created_at", "updated_at")}),
     )
+
+    @admin.display(description="latency ms (first byte)", ordering="latency_ewma_ms")
+    def latency(self, channel: Channel) -> str:
+        """The averages of successful attempts (EWMA); a dash until the first one."""
+        if not channel.latency_ewma_ms:
+            return "–"
+        return f"{channel.latency_ewma_ms:.0f} ({channel.ttfb_ewma_ms:.0f})"
 
 
 @admin.register(ProxyEntry)

@@ -141,6 +141,10 @@ class Channel(models.Model):
     options = models.JSONField(
         default=dict, blank=True, help_text="Provider-specific settings (cloak, websockets, thinking, …)."
     )
+    success_count = models.PositiveBigIntegerField(default=0, editable=False)
+    failure_count = models.PositiveBigIntegerField(default=0, editable=False)
+    latency_ewma_ms = models.FloatField(default=0, editable=False, help_text="Total latency, EWMA (0 = no data)")
+    ttfb_ewma_ms = models.FloatField(default=0, editable=False, help_text="First-byte latency, EWMA (0 = no data)")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -167,13 +171,18 @@ class Channel(models.Model):
         return (self.base_url or DEFAULT_BASE_URLS.get(self.kind, "")).rstrip("/")
 
     def model_routes(self) -> list[tuple[str, str]]:
-        """(client-visible name, upstream name) pairs this channel serves, exclusions applied."""
+        """(client-visible name, upstream name) pairs this channel serves, exclusions applied.
+
+        An alias hides the upstream name unless the entry says ``fork: true``, which keeps both.
+        """
         pairs: list[tuple[str, str]] = []
         for entry in self.served_models:
             upstream = entry["name"].strip()
             visible = (entry.get("alias") or "").strip() or upstream
             if any(wildcard_match(p, upstream) or wildcard_match(p, visible) for p in self.excluded_models):
                 continue
+            if entry.get("fork") and visible != upstream:
+                pairs.append((upstream, upstream))
             pairs.append((visible, upstream))
         return pairs
 
@@ -226,6 +235,9 @@ class RuntimeSettings(models.Model):
     include_default_group = models.BooleanField(default=True)
     force_model_prefix = models.BooleanField(default=False)
     disable_cooling = models.BooleanField(default=False)
+    transient_error_cooldown_seconds = models.IntegerField(
+        default=0, help_text="Cool-down after 408/5xx upstream errors: 0 = 60 s, -1 = none."
+    )
     passthrough_headers = models.BooleanField(default=False)
     allow_unauthenticated = models.BooleanField(default=False)
     streaming_keepalive_seconds = models.PositiveIntegerField(default=0)

@@ -1,8 +1,8 @@
 """The one NinjaAPI: the client-compatible endpoints under ``/v1`` and ``/v1beta``, plus ``/healthz``.
 
-Views are thin: each hands the request to ``gateway.relay`` and returns what it builds, a
-``StreamingHttpResponse`` for streams (ninja's own SSE type cannot write ``[DONE]`` or
-``event:`` lines).
+Views are thin: each hands the request to ``gateway.relay`` (images: ``gateway.images``) and
+returns what it builds, a ``StreamingHttpResponse`` for streams (ninja's own SSE type cannot write
+``[DONE]`` or ``event:`` lines).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ninja import NinjaAPI, Router
 
 from accounts.access import KeySnapshot, aresolve_api_key
 from channels_app import scheduler
-from gateway import relay
+from gateway import images, relay
 from gateway.client_dialects import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES, ClientDialect
 from gateway.dialects import gemini
 from gateway.errors import RelayError
@@ -58,6 +58,11 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
 @v1.post("/responses")
 async def responses(request: HttpRequest) -> HttpResponseBase:
     return await relay.handle(request, OPENAI_RESPONSES)
+
+
+@v1.post("/images/generations")
+async def images_generations(request: HttpRequest) -> HttpResponseBase:
+    return await images.generate(request)
 
 
 @v1.post("/messages")
@@ -134,16 +139,18 @@ async def _gemini_action(request: HttpRequest, model_action: str) -> HttpRespons
     return await relay.handle(request, GEMINI, path_model=model, action=action)
 
 
-@v1beta.post("/models/{path:model_action}")
-async def gemini_generate(request: HttpRequest, model_action: str) -> HttpResponseBase:
+# The POST actions share their path (and so ninja's view) with the GET of one model: under two
+# spellings of the path, the first registered would answer 405 to the other method.
+@v1beta.post("/models/{path:model}")
+async def gemini_generate(request: HttpRequest, model: str) -> HttpResponseBase:
     """``POST /v1beta/models/{model}:generateContent|streamGenerateContent|countTokens``."""
-    return await _gemini_action(request, model_action)
+    return await _gemini_action(request, model)
 
 
-@v1.post("/models/{path:model_action}")
-async def gemini_generate_v1(request: HttpRequest, model_action: str) -> HttpResponseBase:
+@v1.post("/models/{path:model}")
+async def gemini_generate_v1(request: HttpRequest, model: str) -> HttpResponseBase:
     """The same Gemini actions under ``/v1/models/…``, a path some Gemini clients use."""
-    return await _gemini_action(request, model_action)
+    return await _gemini_action(request, model)
 
 
 @v1beta.get("/models")

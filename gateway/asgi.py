@@ -1,4 +1,9 @@
-"""ASGI entry point: HTTP goes to Django, WebSocket to Channels consumers."""
+"""ASGI entry point: HTTP goes to Django, WebSocket to Channels consumers.
+
+The relay's sockets authenticate with an API key, never a cookie, so a cross-site page gains nothing
+a browser would add for it and they skip the Origin check (Codex CLI sends no Origin); the staff
+sockets, authenticated by the session cookie, keep it.
+"""
 
 import os
 
@@ -10,12 +15,19 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
+from gateway.routing import websocket_urlpatterns as relay_websocket_urlpatterns  # noqa: E402
 from usage.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": URLRouter(
+            [
+                *relay_websocket_urlpatterns,
+                re_path(r"^", AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
+            ]
+        ),
     }
 )

@@ -72,8 +72,11 @@ class ClientDialect:
     def error_body(self, status: int, message: str, code: str | None) -> bytes:
         return _as_bytes(self.module.error_body(status, message, code))
 
-    def error_response(self, err: RelayError) -> HttpResponse:
-        response = HttpResponse(self.error_body(err.status, err.message, err.code), status=err.status)
+    def error_response(self, err: RelayError, *, upstream: bool = False) -> HttpResponse:
+        """``err`` in this dialect's envelope; an ``upstream`` refusal gets the envelope's own code for
+        its status (OpenAI ``rate_limit_exceeded``, Google ``RESOURCE_EXHAUSTED`` …), not the relay's."""
+        code = None if upstream else err.code
+        response = HttpResponse(self.error_body(err.status, err.message, code), status=err.status)
         response["Content-Type"] = "application/json"
         if err.retry_after is not None:
             response["Retry-After"] = str(max(err.retry_after, 1))

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,7 +246,7 @@ async def pump_translated(
     renderer: Renderer,
     keepalive: float = 0,
     ping: bytes = SSE_KEEPALIVE,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Upstream stream → IR events → the client's frames, as they arrive (``ping`` when quiet)."""
     outcome = _Outcome()
     try:
@@ -290,9 +290,12 @@ async def pump_passthrough(
     tail: Callable[[], bytes] | None = None,
     keepalive: float = 0,
     ping: bytes = SSE_KEEPALIVE,
-) -> AsyncIterator[bytes]:
+    error_frame: Callable[[ir.StreamError], bytes] | None = None,
+) -> AsyncGenerator[bytes, None]:
     """Same-dialect stream: the upstream's bytes go out as they came (``transform`` aside);
-    the family parser reads them only for usage and in-stream errors."""
+    the family parser reads them only for usage and in-stream errors. ``error_frame`` tells the
+    client, in its dialect, of a failure the upstream did not report itself (a cut-off, an end
+    without a terminal event)."""
     outcome = _Outcome()
     try:
         async for chunk in upstream_chunks(response, keepalive):
@@ -305,12 +308,17 @@ async def pump_passthrough(
             if out:
                 attempt.capture(out)
                 yield out
+        reported = outcome.error
         _render(attempt, parser.finish(), _NullRenderer, outcome)
         outcome.completed()
+        if error_frame is not None and reported is None and outcome.error is not None:
+            yield error_frame(outcome.error)
         if tail is not None:
             yield tail()
     except httpx.HTTPError as exc:
-        outcome.cut_off(exc)
+        error = outcome.cut_off(exc)
+        if error_frame is not None and outcome.error is None:
+            yield error_frame(error)
     finally:
         await response.aclose()
         attempt.finish(*outcome.result())

@@ -10,8 +10,9 @@ streaming: bytes in, bytes out. Each attempt queues one usage event for the reco
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -19,7 +20,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
-from accounts.access import aresolve_api_key
+from accounts.access import KeySnapshot, aresolve_api_key
 from channels_app import scheduler
 from channels_app.executors.base import Executor
 from channels_app.executors.registry import executor_for
@@ -29,6 +30,7 @@ from gateway.client_dialects import (
     FAMILY_PARSERS,
     GEMINI,
     OPENAI_CHAT,
+    OPENAI_RESPONSES,
     ClientDialect,
     Incoming,
     header_betas,
@@ -58,6 +60,13 @@ def error_response(err: RelayError) -> HttpResponse:
     return OPENAI_CHAT.error_response(err)
 
 
+class Streamed(NamedTuple):
+    """A stream on its way to the client: the body as it is produced, and its content type."""
+
+    body: AsyncGenerator[bytes, None]
+    content_type: str
+
+
 async def handle(
     request: HttpRequest, client: ClientDialect, *, path_model: str = "", action: str = ""
 ) -> HttpResponseBase:
@@ -66,16 +75,8 @@ async def handle(
     try:
         attempt.key = await aresolve_api_key(request)
         incoming = _incoming(request, client, attempt, path_model, action)
-        attempt.model, attempt.stream = incoming.model, incoming.stream
-        base_model, suffix = _check_model(attempt, incoming.model)
-        table = await scheduler.table()
-        attempt.keepalive = table.keepalive_seconds
-        attempt.route = route = scheduler.choose(table, attempt.key, base_model)
-        executor = executor_for(route.channel.kind)
-        assert executor is not None  # the routing table holds only kinds with an executor
-        if executor.family == client.family and suffix is None:
-            return await _passthrough(attempt, client, incoming, executor)
-        return await _translated(attempt, client, incoming, executor, suffix)
+        served = await _serve(attempt, client, incoming)
+        return streaming_response(*served) if isinstance(served, Streamed) else served
     except UpstreamRejection as err:
         return _rejection(client, err, same_family=attempt.route is not None and _same_family(client, attempt))
     except RelayError as err:
@@ -84,6 +85,45 @@ async def handle(
         return client.error_response(err)
     except (BadRequest, thinking.ThinkingError) as exc:
         return client.error_response(RelayError(400, str(exc), code="invalid_request"))
+
+
+async def open_stream(
+    key: KeySnapshot, incoming: Incoming, *, path: str, client: ClientDialect = OPENAI_RESPONSES
+) -> AsyncGenerator[bytes, None]:
+    """One streamed generation for a caller that is not an HTTP view (the Responses WebSocket).
+
+    Routing, translation and recording are ``handle``'s. A failure before the first byte raises a
+    ``RelayError`` (recorded when an upstream was tried); otherwise the iterator yields the client
+    dialect's SSE bytes and records the attempt when it ends or is closed.
+    """
+    attempt = Attempt(dialect=client.name, path=path, key=key, request_body=orjson.dumps(incoming.payload))
+    try:
+        served = await _serve(attempt, client, replace(incoming, stream=True))
+    except RelayError as err:
+        if err.status not in (401, 403, 404):
+            attempt.finish(err.status, err.code, err.message)
+        raise
+    except (BadRequest, thinking.ThinkingError) as exc:
+        raise RelayError(400, str(exc), code="invalid_request") from None
+    if not isinstance(served, Streamed):  # only an OpenAI upstream that ignored stream: true does this
+        attempt.finish(502, "upstream_error", "upstream did not stream")
+        raise RelayError(502, "the upstream answered without streaming", code="upstream_error")
+    return served.body
+
+
+async def _serve(attempt: Attempt, client: ClientDialect, incoming: Incoming) -> HttpResponseBase | Streamed:
+    """Route ``incoming`` and call the upstream: same dialect passes through, others go through the IR."""
+    assert attempt.key is not None
+    attempt.model, attempt.stream = incoming.model, incoming.stream
+    base_model, suffix = _check_model(attempt, incoming.model)
+    table = await scheduler.table()
+    attempt.keepalive = table.keepalive_seconds
+    attempt.route = route = scheduler.choose(table, attempt.key, base_model)
+    executor = executor_for(route.channel.kind)
+    assert executor is not None  # the routing table holds only kinds with an executor
+    if executor.family == client.family and suffix is None:
+        return await _passthrough(attempt, client, incoming, executor)
+    return await _translated(attempt, client, incoming, executor, suffix)
 
 
 def _same_family(client: ClientDialect, attempt: Attempt) -> bool:
@@ -100,7 +140,7 @@ def _rejection(client: ClientDialect, err: UpstreamRejection, *, same_family: bo
         if err.retry_after is not None:
             response["Retry-After"] = str(max(err.retry_after, 1))
         return response
-    return client.error_response(err)
+    return client.error_response(err, upstream=True)
 
 
 def _check_model(attempt: Attempt, model: str) -> tuple[str, ir.Thinking | None]:
@@ -110,7 +150,8 @@ def _check_model(attempt: Attempt, model: str) -> tuple[str, ir.Thinking | None]
     return thinking.parse_suffix(model)
 
 
-def _read_raw(request: HttpRequest, attempt: Attempt) -> bytes:
+def read_raw(request: HttpRequest, attempt: Attempt) -> bytes:
+    """The request body, kept on ``attempt`` for the log; 413 past ``CLIRELAY_MAX_BODY_BYTES``."""
     try:
         attempt.request_body = request.body
     except RequestDataTooBig:
@@ -120,7 +161,8 @@ def _read_raw(request: HttpRequest, attempt: Attempt) -> bytes:
     return attempt.request_body
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object, or ``BadRequest`` saying what it is instead."""
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
@@ -134,11 +176,11 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 def _incoming(request: HttpRequest, client: ClientDialect, attempt: Attempt, path_model: str, action: str) -> Incoming:
     """Decode the request: body, model and stream flag, wherever this dialect keeps them."""
-    raw = _read_raw(request, attempt)
+    raw = read_raw(request, attempt)
     if client is OPENAI_CHAT:
         payload = openai_chat.read_body(raw)
         return Incoming(payload, payload["model"], bool(payload.get("stream")))
-    payload = _json_object(raw)
+    payload = json_object(raw)
     if client is GEMINI:
         model = gemini.strip_models_prefix(path_model)
         return Incoming(payload, model, action == "streamGenerateContent", sse=request.GET.get("alt") == "sse")
@@ -156,7 +198,7 @@ def _incoming(request: HttpRequest, client: ClientDialect, attempt: Attempt, pat
 
 async def _passthrough(
     attempt: Attempt, client: ClientDialect, incoming: Incoming, executor: Executor
-) -> HttpResponseBase:
+) -> HttpResponseBase | Streamed:
     route = attempt.route
     assert route is not None
     family, upstream_model = executor.family, route.upstream_model
@@ -178,14 +220,28 @@ async def _passthrough(
     if incoming.stream:
         if family == "gemini" and not incoming.sse:
             array = _SseToJsonArray()
-            return streaming_response(
+            return Streamed(
                 pump_passthrough(
-                    attempt, response, parser, array.feed, array.finish, attempt.keepalive, client.ping(incoming)
+                    attempt,
+                    response,
+                    parser,
+                    array.feed,
+                    array.finish,
+                    attempt.keepalive,
+                    client.ping(incoming),
+                    error_frame=array.error,
                 ),
                 "application/json",
             )
-        return streaming_response(
-            pump_passthrough(attempt, response, parser, keepalive=attempt.keepalive, ping=client.ping(incoming)),
+        errors = (
+            _responses_error_frame(parser, incoming)
+            if isinstance(parser, openai_responses.StreamParser)
+            else lambda error: client.module.stream_error(error.status, error.message)
+        )
+        return Streamed(
+            pump_passthrough(
+                attempt, response, parser, keepalive=attempt.keepalive, ping=client.ping(incoming), error_frame=errors
+            ),
             response.headers.get("content-type", "text/event-stream"),
         )
     if upstream_stream:  # a Responses client asked for one JSON answer from an always-streaming upstream
@@ -199,11 +255,28 @@ async def _passthrough(
     return HttpResponse(raw, status=response.status_code, content_type="application/json")
 
 
-async def _openai_passthrough(attempt: Attempt, incoming: Incoming, response: httpx.Response) -> HttpResponseBase:
+def _responses_error_frame(
+    parser: openai_responses.StreamParser, incoming: Incoming
+) -> Callable[[ir.StreamError], bytes]:
+    """A Responses pass-through's own error event, numbered after the upstream's last one (§1.4)."""
+
+    def frame(error: ir.StreamError) -> bytes:
+        failed = {"id": parser.response_id, "object": "response"} if incoming.codex_client else None
+        sequence = parser.last_sequence + 1
+        return openai_responses.stream_error(
+            error.status, error.message, error.type, sequence_number=sequence, failed_response=failed
+        )
+
+    return frame
+
+
+async def _openai_passthrough(
+    attempt: Attempt, incoming: Incoming, response: httpx.Response
+) -> HttpResponseBase | Streamed:
     is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
     if incoming.stream and is_sse:
         relay = openai_chat.StreamRelay(openai_chat.wants_stream_usage(incoming.payload))
-        return streaming_response(_relay_openai_stream(attempt, response, relay), "text/event-stream")
+        return Streamed(_relay_openai_stream(attempt, response, relay), "text/event-stream")
     raw = await read_all(attempt, response)
     _track_answer(attempt, "openai", raw)
     attempt.finish(response.status_code)
@@ -214,7 +287,7 @@ async def _openai_passthrough(attempt: Attempt, incoming: Incoming, response: ht
 
 async def _relay_openai_stream(
     attempt: Attempt, response: httpx.Response, relay: openai_chat.StreamRelay
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """OpenAI → OpenAI: forward whole SSE events as they come; the relay reads usage on the way."""
     status, error_type, message = 499, "client_disconnected", "client closed the connection"
     done_delivered = False
@@ -266,6 +339,7 @@ class _SseToJsonArray:
     def __init__(self) -> None:
         self._tail = b""
         self._count = 0
+        self._closed = False
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._tail + chunk
@@ -280,8 +354,17 @@ class _SseToJsonArray:
         return b"".join(out)
 
     def finish(self) -> bytes:
+        if self._closed:
+            return b""
         rest = self.feed(b"\n")
         return rest + (b"]" if self._count else b"[]")
+
+    def error(self, error: ir.StreamError) -> bytes:
+        """A failure the upstream did not report as the array's last element, closing it (R15);
+        a line cut off mid-way is dropped."""
+        self._tail, self._closed = b"", True
+        element = orjson.dumps(gemini.error_body(error.status, error.message))
+        return (b"[" if self._count == 0 else b",") + element + b"]"
 
 
 # --- different dialects: through the IR -----------------------------------------------------
@@ -293,7 +376,7 @@ def _same_provider_family(a: str, b: str) -> bool:
 
 async def _translated(
     attempt: Attempt, client: ClientDialect, incoming: Incoming, executor: Executor, suffix: ir.Thinking | None
-) -> HttpResponseBase:
+) -> HttpResponseBase | Streamed:
     route = attempt.route
     assert route is not None
     req = client.parse(incoming)
@@ -316,7 +399,7 @@ async def _translated(
         renderer = client.renderer(req, incoming, estimate)
         content_type = "application/json" if client is GEMINI and not incoming.sse else "text/event-stream"
         pump = pump_translated(attempt, response, parser, renderer, attempt.keepalive, client.ping(incoming))
-        return streaming_response(pump, content_type)
+        return Streamed(pump, content_type)
     if upstream_stream:
         return _aggregated_answer(attempt, client, req, await read_events(attempt, response, parser))
     raw = await read_all(attempt, response)

@@ -161,6 +161,8 @@ CLIRELAY_UPSTREAM_READ_TIMEOUT = env.float("CLIRELAY_UPSTREAM_READ_TIMEOUT", def
 CLIRELAY_MAX_BODY_BYTES = env.int("CLIRELAY_MAX_BODY_BYTES", default=32 * 1024 * 1024)
 CLIRELAY_RECORDER_BATCH = env.int("CLIRELAY_RECORDER_BATCH", default=500)
 CLIRELAY_RECORDER_INTERVAL = env.float("CLIRELAY_RECORDER_INTERVAL", default=0.2)
+# A concurrency slot is given back when its response ends, or after this long (accounts/limits.py).
+CONCURRENCY_LEASE_SECONDS = env.int("CONCURRENCY_LEASE_SECONDS", default=600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CLIRELAY_MAX_BODY_BYTES
 # Remote images inlined for upstreams that only take inline data (Gemini).
 CLIRELAY_MEDIA_MAX_BYTES = env.int("CLIRELAY_MEDIA_MAX_BYTES", default=20 * 1024 * 1024)

@@ -65,12 +65,14 @@ def superuser(db: None) -> User:
 
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> None:
-    """Each test starts with empty key and routing caches (they are per process)."""
+    """Each test starts with empty key and routing caches and no cool-downs (in-process, even with REDIS_URL)."""
     from accounts import access
-    from channels_app import scheduler
+    from channels_app import cooldowns, scheduler
 
     access.invalidate()
     scheduler.invalidate()
+    scheduler.reset_state()
+    cooldowns.use(cooldowns.CooldownStore())
 
 
 @pytest.fixture(autouse=True)

@@ -153,6 +153,9 @@ class Recorder:
                             if e.request_body or e.response_body
                         ]
                     )
+            from accounts.limits import accrue_batch  # quota counters, once the rows are stored; never raises
+
+            accrue_batch(rows)
         except Exception:
             self.failures += 1
             log.exception("usage recorder: writing %d rows failed; will retry", len(events))

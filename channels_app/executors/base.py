@@ -99,8 +99,9 @@ def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError
     """Turn an upstream error response into the error the client and the scheduler see.
 
     Client mistakes the upstream rejected (400, 404, 413, 422) go back with their status; a
-    rate limit goes back as 429; credential and server failures are the gateway's problem,
-    so the client sees 502 with the upstream's message.
+    rate limit goes back as 429; other server failures keep their status (503, 529: spec §1.4)
+    except a 500, which the gateway never answers; credential failures are the gateway's
+    problem, so the client sees 502 with the upstream's message.
     """
     message = message_from_body(body)
     if status in (400, 404, 409, 413, 422):
@@ -116,7 +117,8 @@ def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError
         )
     if status in (408, 504):
         return UpstreamError(504, message, upstream_status=status, retryable=True, error_type="timeout_error")
-    return UpstreamError(502, message, upstream_status=status, retryable=status in RETRYABLE_STATUSES)
+    relayed = status if 500 < status < 600 else 502
+    return UpstreamError(relayed, message, upstream_status=status, retryable=status in RETRYABLE_STATUSES)
 
 
 class Executor(ABC):
@@ -137,6 +139,11 @@ class Executor(ABC):
 
     def count_tokens(self, route: Route, body: bytes, *, betas: Sequence[str] = ()) -> UpstreamCall | None:
         """The upstream's own token-count call, or None when it has none (count locally)."""
+        return None
+
+    def generate_images(self, route: Route, body: bytes) -> UpstreamCall | None:
+        """The upstream's OpenAI Images call for ``body`` (an images request, model rewritten), or None
+        when this family has no such endpoint (Gemini draws through ``build``; others cannot draw)."""
         return None
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""OpenAI-compatible upstreams (``openai-compatibility`` channels): Chat Completions over HTTP."""
+"""OpenAI-compatible upstreams (``openai-compatibility`` channels): Chat Completions and Images over HTTP."""
 
 from __future__ import annotations
 
@@ -16,18 +16,31 @@ class OpenAICompatExecutor(Executor):
     kinds = (ProviderKind.OPENAI_COMPATIBILITY,)
     family = "openai"
 
-    def build(self, route: Route, body: bytes, stream: bool, *, betas: Sequence[str] = ()) -> UpstreamCall:
+    def _headers(self, route: Route, stream: bool) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": "clirelay-openai-compat"}
         if route.secret:
             headers["Authorization"] = f"Bearer {route.secret}"
         if stream:
             headers["Accept"] = "text/event-stream"
             headers["Cache-Control"] = "no-cache"
+        return self.with_channel_headers(route, headers)
+
+    def build(self, route: Route, body: bytes, stream: bool, *, betas: Sequence[str] = ()) -> UpstreamCall:
         return UpstreamCall(
             method="POST",
             url=f"{route.channel.base_url}/chat/completions",
-            headers=self.with_channel_headers(route, headers),
+            headers=self._headers(route, stream),
             body=body,
             stream=stream,
+            proxy_url=route.proxy_url,
+        )
+
+    def generate_images(self, route: Route, body: bytes) -> UpstreamCall | None:
+        return UpstreamCall(
+            method="POST",
+            url=f"{route.channel.base_url}/images/generations",
+            headers=self._headers(route, False),
+            body=body,
+            stream=False,
             proxy_url=route.proxy_url,
         )

@@ -427,6 +427,9 @@ def render_response(resp: ir.Response, req: ir.Request) -> dict[str, Any]:
             elif part.text or signature:
                 content.append({"type": "thinking", "thinking": part.text, "signature": signature})
         elif isinstance(part, ir.ToolCall):
+            if part.signature:  # a Gemini signature on the call, carried back in an empty thinking block (§4.9.7)
+                signature = signature_for_client(part.signature, "gemini")
+                content.append({"type": "thinking", "thinking": "", "signature": signature})
             name = restore_name(part.name, declared)
             content.append({"type": "tool_use", "id": part.id, "name": name, "input": _tool_input(part)})
     saw_tool = any(block["type"] == "tool_use" for block in content)

@@ -536,6 +536,9 @@ class StreamRenderer:
     def _tool_start(self, event: ir.ToolCallStart, out: list[bytes]) -> None:
         call = self._register(event)
         self._saw_tool = True
+        if event.signature:  # a Gemini signature on the call rides in an empty thinking block just before it
+            self._close(out)
+            self._reasoning_done(ir.ReasoningDone(signature=event.signature, family="gemini"), out)
         block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
         self._open_block(event.index, block, _JSON_MID, out)
         for fragment in call.pending:

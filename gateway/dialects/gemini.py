@@ -107,8 +107,10 @@ def rpc_status(status: int) -> str:
 
 
 def error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
-    """Google's error envelope; ``code`` overrides the RPC status name when given."""
-    return {"error": {"code": status, "message": message, "status": code or rpc_status(status)}}
+    """Google's error envelope; ``code`` overrides the RPC status name when it is one (``FAILED_PRECONDITION``),
+    never when it is one of the relay's own lower-case codes (``model_not_found``), R15."""
+    rpc = code if code and code.isupper() else rpc_status(status)
+    return {"error": {"code": status, "message": message, "status": rpc}}
 
 
 def stream_error(status: int, message: str, code: str | None = None) -> bytes:

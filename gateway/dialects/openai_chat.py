@@ -781,8 +781,8 @@ def _content_part(part: Text | Image | File | Audio, same: bool) -> dict[str, An
         return _text_part(part, same)
     if isinstance(part, Image):
         image: dict[str, Any] = {"url": part.url or f"data:{part.media_type or 'image/png'};base64,{part.data}"}
-        if part.detail:
-            image["detail"] = part.detail
+        if part.detail:  # chat knows auto, low and high; Responses' "original" is the highest (§4.3)
+            image["detail"] = part.detail if part.detail in ("auto", "low", "high") else "high"
         return {"type": "image_url", "image_url": image}
     if isinstance(part, Audio):
         return {"type": "input_audio", "input_audio": {"data": part.data, "format": part.format}}

@@ -419,6 +419,8 @@ class StreamParser:
 
     def __init__(self, req: ir.Request | None = None) -> None:
         self._names, self._ids = reverse_maps(req)
+        self.response_id = ""  # the upstream's, and its last sequence_number (for a pass-through's own error)
+        self.last_sequence = 0
         self._tail = b""
         self._started = False
         self._closed = False
@@ -492,6 +494,9 @@ class StreamParser:
         except orjson.JSONDecodeError:
             return  # keep-alive text, "[DONE]" or a malformed frame: dropped
         if isinstance(obj, dict):
+            sequence = obj.get("sequence_number")
+            if isinstance(sequence, int):
+                self.last_sequence = sequence
             handler = self._dispatch.get(str(obj.get("type")))
             if handler is not None:
                 handler(obj, out)
@@ -503,7 +508,8 @@ class StreamParser:
         resp = obj.get("response")
         resp = resp if isinstance(resp, dict) else {}
         created = resp.get("created_at")
-        out.append(ir.Start(str(resp.get("id") or ""), str(resp.get("model") or ""), int(created or 0)))
+        self.response_id = str(resp.get("id") or "")
+        out.append(ir.Start(self.response_id, str(resp.get("model") or ""), int(created or 0)))
 
     def _text_delta(self, obj: dict[str, Any], out: list[ir.Event]) -> None:
         if not self._started:

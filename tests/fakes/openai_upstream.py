@@ -2,7 +2,8 @@
 
 A raw ASGI app served by uvicorn on 127.0.0.1 from a background thread. Each test scripts it
 through ``upstream.script`` (or the helpers ``reply``, ``fail``, ``stall``, ``cut_off``,
-``hold_after_first_chunk``) and reads what the gateway sent from ``upstream.requests``.
+``hold_after_first_chunk``) and reads what the gateway sent from ``upstream.requests``;
+``script.tool_calls`` adds function calls, ``script.responder`` decides per request (see upstream.py).
 ``reset()`` restores the default script, forgets requests and releases every held handler.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from tests.fakes.server import ThreadedServer
+from tests.fakes.upstream import Responder, ToolCall, answering
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -62,11 +64,12 @@ class Script:
     """How the fake answers every request until the test changes it."""
 
     text: str = "Hello from the fake upstream."
+    tool_calls: list[ToolCall] = field(default_factory=list)  # streamed after the text
     prompt_tokens: int = 12
     completion_tokens: int = 7
     cached_tokens: int = 0
     reasoning_tokens: int = 0
-    finish_reason: str = "stop"
+    finish_reason: str | None = None  # None: "tool_calls" when there are tool calls, else "stop"
     model: str | None = None  # the model named in replies; None echoes the request's
     chunk_delay: float = 0.0  # seconds between stream events
     gate: Gate | None = None  # a stream waits after event ``gate_after_event`` until released
@@ -77,6 +80,7 @@ class Script:
     cut_off_after: int | None = None  # stream events sent before the connection is dropped
     stall: bool = False  # never answer (until ``reset()``)
     api_key: str | None = None  # when set, any other bearer token gets OpenAI's 401
+    responder: Responder | None = None  # per request: the script fields for that one answer (see upstream.py)
 
 
 @dataclass
@@ -228,8 +232,7 @@ class FakeOpenAIUpstream:
             json=parsed,
         )
         self.requests.append(recorded)
-        script = self.script
-        await self._answer(script, recorded, send)
+        await self._answer(answering(self.script, recorded.json), recorded, send)
 
     async def _answer(self, script: Script, recorded: RecordedRequest, send: Any) -> None:
         if script.stall:
@@ -336,15 +339,29 @@ def _envelope(script: Script, payload: dict[str, Any], obj: str, completion_id: 
     }
 
 
+def _finish_reason(script: Script) -> str:
+    return script.finish_reason or ("tool_calls" if script.tool_calls else "stop")
+
+
+def _tool_calls(script: Script) -> list[dict[str, Any]]:
+    """The script's calls as OpenAI's ``tool_calls`` entries (ids generated once per answer)."""
+    return [
+        {
+            "id": call.id or f"call_{secrets.token_hex(12)}",
+            "type": "function",
+            "function": {"name": call.name, "arguments": orjson.dumps(call.arguments).decode()},
+        }
+        for call in script.tool_calls
+    ]
+
+
 def _completion(script: Script, payload: dict[str, Any]) -> dict[str, Any]:
     completion = _envelope(script, payload, "chat.completion", f"chatcmpl-{secrets.token_hex(12)}", int(time.time()))
+    message: dict[str, Any] = {"role": "assistant", "content": script.text or None, "refusal": None, "annotations": []}
+    if script.tool_calls:
+        message["tool_calls"] = _tool_calls(script)
     completion["choices"] = [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": script.text, "refusal": None, "annotations": []},
-            "logprobs": None,
-            "finish_reason": script.finish_reason,
-        }
+        {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(script)}
     ]
     completion["usage"] = usage_object(script)
     return completion
@@ -363,7 +380,15 @@ def _stream_events(script: Script, payload: dict[str, Any]) -> list[bytes]:
 
     chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
     chunks += [chunk({"content": piece}) for piece in content_pieces(script.text)]
-    chunks.append(chunk({}, script.finish_reason))
+    for index, call in enumerate(_tool_calls(script)):
+        # OpenAI sends the id, type and name first, then the arguments in pieces.
+        head = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+        chunks.append(chunk({"tool_calls": [{"index": index, **head}]}))
+        arguments = call["function"]["arguments"]
+        for start in range(0, len(arguments), 16):
+            piece = {"index": index, "function": {"arguments": arguments[start : start + 16]}}
+            chunks.append(chunk({"tool_calls": [piece]}))
+    chunks.append(chunk({}, _finish_reason(script)))
     if include_usage:
         chunks.append({**base, "choices": [], "usage": usage_object(script)})
     return [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]

@@ -12,6 +12,8 @@ same way, with the names ``tests.fakes.openai_upstream`` uses:
   ``cut_off(after_events)`` drops the connection mid-body; ``stall()`` never answers;
   ``stall_after(after_events)`` sends headers and that many events, then falls silent;
   ``hold_after_first_chunk()`` / ``hold_after_event(i)`` return a ``Gate`` the stream waits on.
+* ``fake.script.responder = lambda body: {...}`` decides per request, as a model would: it gets the
+  request's JSON and returns the script fields for that one answer (``tool_calls``, ``text`` …) or None.
 * ``fake.requests`` / ``fake.last`` are what the fake received (method, path, query, headers, JSON body).
 
 Token numbers are reported verbatim in each provider's own fields (``prompt_tokens`` is Claude's
@@ -22,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import secrets
 import string
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -37,6 +40,8 @@ from tests.fakes.server import ThreadedServer
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[["Script", "RecordedRequest", Send], Awaitable[None]]
+Responder = Callable[[Any], "dict[str, Any] | None"]
+ScriptT = TypeVar("ScriptT")  # any fake's script dataclass (each has a ``responder`` field)
 
 DEFAULT_SIGNATURE = "ZmFrZS1zaWduYXR1cmU6AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJw=="  # valid base64
 
@@ -108,6 +113,9 @@ class Script:
     stall: bool = False  # never answer (until ``reset()``)
     stall_after: int | None = None  # stream events sent before the fake falls silent (until ``reset()``)
     api_key: str | None = None  # when set, any other credential gets the provider's 401
+    # Decides per request, like a model would: called with the request's JSON body, it returns the
+    # script fields for this one answer (``{"tool_calls": [...]}``, ``{"text": ...}``) or None.
+    responder: Responder | None = None
 
 
 @dataclass
@@ -149,6 +157,13 @@ def joined(value: str | list[str] | None) -> str:
 def fragments(text: str, size: int) -> list[str]:
     """``text`` cut every ``size`` characters, wherever that falls (mid-key, mid-escape …)."""
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def answering(script: ScriptT, body: Any) -> ScriptT:
+    """The script for one request: ``script`` itself, or a copy with what its responder chose for ``body``."""
+    responder = getattr(script, "responder", None)
+    chosen = responder(body) if responder is not None else None
+    return dataclasses.replace(script, **chosen) if chosen else script
 
 
 def random_id(prefix: str, length: int = 24) -> str:
@@ -307,7 +322,7 @@ class FakeUpstream:
             json=parsed,
         )
         self.requests.append(recorded)
-        await self._answer(self.script, recorded, send)
+        await self._answer(answering(self.script, recorded.json), recorded, send)
 
     async def _answer(self, script: Script, recorded: RecordedRequest, send: Send) -> None:
         if script.stall:

@@ -1,0 +1,511 @@
+"""Which (channel, upstream model) pairs are cooling down after a failure, shared by every process.
+
+``mark_failure(route, err)`` applies the cool-down table of the providers spec (§14.2): 401/402/403
+suspend the pair for 30 min, 404 for 12 h, 429 until the upstream's retry-after or an exponential
+backoff (1 s, 2 s, 4 s … capped at 30 min, the level remembered per pair), 408/5xx and other
+statuses for ``transient-error-cooldown-seconds`` (0 = 60 s, -1 = none); request-scoped errors
+(400/409/413/422, context-length and similar codes) never cool anything. A deadline is never
+shortened by a later, shorter penalty. ``mark_success(route)`` clears the pair.
+
+Storage. With ``REDIS_URL`` each pair is a Redis string ``relay:cd:{channel}:{model}`` holding
+"<deadline> <backoff level>", kept until 30 min past its deadline so the level survives, and a
+sorted set ``relay:cd`` indexes the pairs by deadline. A write is one Lua script. Without Redis the
+same state lives in this process only (correct for a single process).
+
+The request path never waits for Redis per candidate: ``cooling()`` reads an in-process mirror.
+The mirror is refreshed by ``arefresh()`` (called from ``scheduler.table()``) at most every
+``CLIRELAY_COOLDOWN_REFRESH_SECONDS`` (1 s): one ``ZRANGEBYSCORE`` returns every pair that is
+cooling or still remembers a level, and only one request per process per interval pays that
+round trip. A failure this process marks is in its mirror at once; other processes see it within
+one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from channels_app.executors.base import UpstreamError
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[int, str]
+WHOLE_CHANNEL = "*"  # the model of a pair that cools every model of a channel
+
+SUSPENDED_SECONDS = 30 * 60  # 401, 402, 403, invalid_grant
+NOT_FOUND_SECONDS = 12 * 60 * 60  # 404, "model not supported"
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30 * 60
+TRANSIENT_DEFAULT_SECONDS = 60
+_MAX_LEVEL = 12  # 2**11 s already exceeds the cap; stop counting there
+_RETENTION_SECONDS = BACKOFF_MAX_SECONDS  # how long a backoff level outlives its deadline
+
+# Bodies that say the request itself is at fault: no cool-down, no rotation (§14.2).
+REQUEST_SCOPED_CODES = (
+    "context_length_exceeded",
+    "message_too_big",
+    "invalid_request_error",
+    "previous_response_not_found",
+    "cyber_policy",
+    "invalid_prompt",
+    "invalid_value",
+    "unsupported_value",
+    "string_above_max_length",
+)
+# 400/422 bodies that mean "this credential cannot serve this model": treated like a 404.
+_MODEL_UNSUPPORTED = (
+    "model_not_supported",
+    "model not supported",
+    "model is not supported",
+    "unsupported model",
+    "model is unavailable",
+    "model unavailable",
+    "not available for your plan",
+    "not available for your account",
+)
+_REQUEST_SCOPED_STATUSES = frozenset({400, 409, 413, 422})
+
+
+class RouteLike(Protocol):
+    """What a cool-down needs to know about a route (``scheduler.Route`` is one)."""
+
+    @property
+    def upstream_model(self) -> str: ...
+
+    @property
+    def channel(self) -> ChannelLike: ...
+
+
+class ChannelLike(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def disable_cooling(self) -> bool: ...
+
+    @property
+    def transient_cooldown_s(self) -> int: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Penalty:
+    """How long a failure keeps a pair out: ``seconds``, or the exponential backoff when ``backoff``."""
+
+    reason: str
+    seconds: float = 0.0
+    backoff: bool = False
+
+
+def penalty_for(err: UpstreamError, *, transient_seconds: int = 0) -> Penalty | None:
+    """The cool-down an upstream failure earns (§14.2), or None when the request itself was at fault."""
+    status = err.upstream_status or err.status
+    text = f"{err.message} {err.error_type}".lower()
+    if status < 400 or status == 499:
+        return None
+    if status in (400, 401) and "invalid_grant" in text:
+        return Penalty("unauthorized", SUSPENDED_SECONDS)
+    if status in (400, 422) and any(phrase in text for phrase in _MODEL_UNSUPPORTED):
+        return Penalty("model_not_supported", NOT_FOUND_SECONDS)
+    if status in _REQUEST_SCOPED_STATUSES or any(code in text for code in REQUEST_SCOPED_CODES):
+        return None
+    if status == 401:
+        return Penalty("unauthorized", SUSPENDED_SECONDS)
+    if status in (402, 403):
+        return Penalty("payment_required", SUSPENDED_SECONDS)
+    if status == 404:
+        return Penalty("not_found", NOT_FOUND_SECONDS)
+    if status == 429:
+        if err.cooldown_s is not None and err.cooldown_s > 0:
+            return Penalty("quota", err.cooldown_s)
+        return Penalty("quota", backoff=True)
+    if transient_seconds < 0:
+        return None
+    return Penalty("transient", transient_seconds or TRANSIENT_DEFAULT_SECONDS)
+
+
+def backoff_seconds(level: int) -> float:
+    """The 429 backoff at ``level`` (0-based): 1 s, 2 s, 4 s … at most 30 min."""
+    return min(BACKOFF_BASE_SECONDS * 2 ** min(level, _MAX_LEVEL), BACKOFF_MAX_SECONDS)
+
+
+# KEYS: pair key, index. ARGV: index member, now, "backoff" | "fixed", fixed seconds, base, cap, max level,
+# retention. Returns the pair's deadline as a string (Lua numbers come back truncated to integers).
+_MARK_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+local deadline, level = 0, 0
+if current then
+  local d, l = string.match(current, '^(%S+) (%S+)$')
+  deadline, level = tonumber(d) or 0, tonumber(l) or 0
+end
+local now = tonumber(ARGV[2])
+local seconds = tonumber(ARGV[4])
+if ARGV[3] == 'backoff' then
+  seconds = math.min(tonumber(ARGV[5]) * 2 ^ math.min(level, tonumber(ARGV[7])), tonumber(ARGV[6]))
+  level = math.min(level + 1, tonumber(ARGV[7]))
+end
+local until_ = math.max(deadline, now + seconds)
+local keep_ms = math.ceil((until_ - now + tonumber(ARGV[8])) * 1000)
+redis.call('SET', KEYS[1], string.format('%.3f %d', until_, level), 'PX', keep_ms)
+redis.call('ZADD', KEYS[2], until_, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[8]))
+return string.format('%.3f', until_)
+"""
+
+
+class CooldownStore:
+    """Cool-down state: in Redis when ``redis_url`` is set (mirrored here), else in this process."""
+
+    def __init__(
+        self,
+        redis_url: str = "",
+        *,
+        namespace: str = "relay",
+        refresh_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock  # wall clock: deadlines are shared between machines
+        self._index = f"{namespace}:cd"
+        self._deadlines: dict[Pair, float] = {}  # the truth in-process, the mirror with Redis
+        self._levels: dict[Pair, int] = {}  # in-process mode only
+        self._lock = threading.Lock()
+        self._refreshed = -math.inf
+        self._refreshing = False
+        self._seq = 0  # counts local writes, so a refresh in flight does not undo them
+        self._local: dict[Pair, tuple[int, float | None]] = {}
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aioredis.Redis, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sync_client: redis.Redis | None = None
+        self._sync_mark: Any = None
+
+    # --- reading: no I/O ---------------------------------------------------------------------
+
+    def cooling(self, channel_id: int, model: str) -> float | None:
+        """Seconds until ``model`` on ``channel_id`` may be used again, or None when it may now."""
+        deadlines = self._deadlines
+        if not deadlines:
+            return None
+        until = max(deadlines.get((channel_id, model), 0.0), deadlines.get((channel_id, WHOLE_CHANNEL), 0.0))
+        remaining = until - self.clock()
+        return remaining if remaining > 0 else None
+
+    def snapshot(self) -> dict[Pair, float]:
+        """Every pair cooling now, with its remaining seconds (for the admin and tests)."""
+        now = self.clock()
+        return {pair: until - now for pair, until in list(self._deadlines.items()) if until > now}
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def mark_failure(self, route: RouteLike, err: UpstreamError, *, whole_channel: bool = False) -> float | None:
+        """Cool the route's pair down as ``err`` deserves; the seconds it now cools, or None."""
+        plan = self._plan(route, err, whole_channel)
+        if plan is None:
+            return None
+        pair, penalty = plan
+        if not self.redis_url:
+            return self._mark_local(pair, penalty)
+        try:
+            until = float(self._sync_script()(keys=self._keys(pair), args=self._script_args(pair, penalty)))
+        except redis.RedisError:
+            log.exception("cooldowns: Redis write failed; cooling %s in this process only", pair)
+            return self._mark_local(pair, penalty)
+        return self._remember(pair, until)
+
+    async def amark_failure(self, route: RouteLike, err: UpstreamError, *, whole_channel: bool = False) -> float | None:
+        """``mark_failure`` for the event loop: one Redis round trip when Redis is configured."""
+        plan = self._plan(route, err, whole_channel)
+        if plan is None:
+            return None
+        pair, penalty = plan
+        if not self.redis_url:
+            return self._mark_local(pair, penalty)
+        try:
+            script = self._async_parts()[1]
+            until = float(await script(keys=self._keys(pair), args=self._script_args(pair, penalty)))
+        except redis.RedisError:
+            log.exception("cooldowns: Redis write failed; cooling %s in this process only", pair)
+            return self._mark_local(pair, penalty)
+        return self._remember(pair, until)
+
+    def mark_success(self, route: RouteLike) -> None:
+        """Clear the route's pair (and a whole-channel cool-down); no I/O when nothing is known."""
+        pairs = self._known_pairs(route)
+        if not pairs:
+            return
+        self._forget(pairs)
+        if self.redis_url:
+            try:
+                client = self._sync()
+                pipe = client.pipeline(transaction=False)
+                pipe.delete(*(self._key(pair) for pair in pairs))
+                pipe.zrem(self._index, *(self._member(pair) for pair in pairs))
+                pipe.execute()
+            except redis.RedisError:
+                log.exception("cooldowns: Redis reset failed for %s", pairs)
+
+    async def amark_success(self, route: RouteLike) -> None:
+        """``mark_success`` for the event loop: a round trip only when the pair had state."""
+        pairs = self._known_pairs(route)
+        if not pairs:
+            return
+        self._forget(pairs)
+        if self.redis_url:
+            try:
+                pipe = self._aclient().pipeline(transaction=False)
+                pipe.delete(*(self._key(pair) for pair in pairs))
+                pipe.zrem(self._index, *(self._member(pair) for pair in pairs))
+                await pipe.execute()
+            except redis.RedisError:
+                log.exception("cooldowns: Redis reset failed for %s", pairs)
+
+    # --- the mirror -------------------------------------------------------------------------
+
+    async def arefresh(self, *, force: bool = False) -> None:
+        """Bring the mirror up to date: one round trip at most every ``refresh_seconds``."""
+        if not self._due(force):
+            return
+        self._refreshing = True
+        try:
+            start = self._seq
+            if self.redis_url:
+                rows = await self._aclient().zrangebyscore(
+                    self._index, f"({self.clock() - _RETENTION_SECONDS}", "+inf", withscores=True
+                )
+                self._install(rows, start)
+            else:
+                self._prune()
+        except redis.RedisError as exc:
+            log.warning("cooldowns: Redis refresh failed (%s); keeping the last known state", exc)
+        finally:
+            self._refreshed = time.monotonic()
+            self._refreshing = False
+
+    def refresh(self, *, force: bool = False) -> None:
+        """``arefresh`` for synchronous callers (tests, management commands)."""
+        if not self._due(force):
+            return
+        try:
+            start = self._seq
+            if self.redis_url:
+                rows = self._sync().zrangebyscore(
+                    self._index, f"({self.clock() - _RETENTION_SECONDS}", "+inf", withscores=True
+                )
+                self._install(rows, start)
+            else:
+                self._prune()
+        except redis.RedisError as exc:
+            log.warning("cooldowns: Redis refresh failed (%s); keeping the last known state", exc)
+        finally:
+            self._refreshed = time.monotonic()
+
+    def clear(self) -> None:
+        """Forget every cool-down here and, with Redis, in this namespace (tests, admin action)."""
+        with self._lock:
+            self._deadlines, self._levels, self._local = {}, {}, {}
+        if self.redis_url:
+            client = self._sync()
+            keys = list(client.scan_iter(match=f"{self.namespace}:cd:*", count=500))
+            client.delete(self._index, *keys)
+
+    async def aclose(self) -> None:
+        """Close this event loop's Redis client (the end of a test or of a worker's loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        parts = self._aclients.pop(loop, None)
+        if parts is not None:
+            await parts[0].aclose()
+
+    def close(self) -> None:
+        """Close the synchronous Redis client."""
+        if self._sync_client is not None:
+            self._sync_client.close()
+            self._sync_client = None
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _plan(self, route: RouteLike, err: UpstreamError, whole_channel: bool) -> tuple[Pair, Penalty] | None:
+        channel = route.channel
+        if channel.disable_cooling:
+            return None
+        penalty = penalty_for(err, transient_seconds=channel.transient_cooldown_s)
+        if penalty is None:
+            return None
+        return (channel.id, WHOLE_CHANNEL if whole_channel else route.upstream_model), penalty
+
+    def _mark_local(self, pair: Pair, penalty: Penalty) -> float:
+        now = self.clock()
+        with self._lock:
+            level = self._levels.get(pair, 0)
+            seconds = penalty.seconds
+            if penalty.backoff:
+                seconds = backoff_seconds(level)
+                self._levels[pair] = min(level + 1, _MAX_LEVEL)
+            until = max(self._deadlines.get(pair, 0.0), now + seconds)
+        return self._remember(pair, until)
+
+    def _remember(self, pair: Pair, until: float) -> float:
+        with self._lock:
+            until = max(self._deadlines.get(pair, 0.0), until)
+            self._deadlines[pair] = until
+            self._seq += 1
+            self._local[pair] = (self._seq, until)
+        return until - self.clock()
+
+    def _known_pairs(self, route: RouteLike) -> list[Pair]:
+        channel_id = route.channel.id
+        deadlines = self._deadlines
+        return [p for p in ((channel_id, route.upstream_model), (channel_id, WHOLE_CHANNEL)) if p in deadlines]
+
+    def _forget(self, pairs: list[Pair]) -> None:
+        with self._lock:
+            for pair in pairs:
+                self._deadlines.pop(pair, None)
+                self._levels.pop(pair, None)
+                self._seq += 1
+                self._local[pair] = (self._seq, None)
+
+    def _due(self, force: bool) -> bool:
+        if force:
+            return True
+        return not self._refreshing and time.monotonic() - self._refreshed >= self.refresh_seconds
+
+    def _install(self, rows: Iterable[Any], start: int) -> None:
+        """Replace the mirror with Redis's view, then re-apply local writes made since ``start``."""
+        fresh: dict[Pair, float] = {}
+        for member, score in rows:
+            text = member.decode() if isinstance(member, bytes) else str(member)
+            channel, _, model = text.partition(":")
+            if channel.isdigit():
+                fresh[(int(channel), model)] = float(score)
+        with self._lock:
+            for pair, (seq, until) in self._local.items():
+                if seq <= start:
+                    continue
+                if until is None:
+                    fresh.pop(pair, None)
+                else:
+                    fresh[pair] = max(fresh.get(pair, 0.0), until)
+            self._local = {pair: entry for pair, entry in self._local.items() if entry[0] > start}
+            self._deadlines = fresh
+
+    def _prune(self) -> None:
+        """In-process mode: drop pairs whose deadline and backoff memory have both run out."""
+        horizon = self.clock() - _RETENTION_SECONDS
+        with self._lock:
+            stale = [pair for pair, until in self._deadlines.items() if until < horizon]
+            for pair in stale:
+                self._deadlines.pop(pair, None)
+                self._levels.pop(pair, None)
+            self._local = {}
+
+    def _member(self, pair: Pair) -> str:
+        return f"{pair[0]}:{pair[1]}"
+
+    def _key(self, pair: Pair) -> str:
+        return f"{self.namespace}:cd:{pair[0]}:{pair[1]}"
+
+    def _keys(self, pair: Pair) -> tuple[str, str]:
+        return self._key(pair), self._index
+
+    def _script_args(self, pair: Pair, penalty: Penalty) -> tuple[str, ...]:
+        return (
+            self._member(pair),
+            repr(self.clock()),
+            "backoff" if penalty.backoff else "fixed",
+            repr(float(penalty.seconds)),
+            repr(BACKOFF_BASE_SECONDS),
+            repr(float(BACKOFF_MAX_SECONDS)),
+            str(_MAX_LEVEL),
+            repr(float(_RETENTION_SECONDS)),
+        )
+
+    def _aclient(self) -> aioredis.Redis:
+        return self._async_parts()[0]
+
+    def _async_parts(self) -> tuple[aioredis.Redis, Any]:
+        """One asyncio client (and its script) per event loop: connections belong to the loop that made them."""
+        loop = asyncio.get_running_loop()
+        parts = self._aclients.get(loop)
+        if parts is None:
+            client = aioredis.Redis.from_url(self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            parts = self._aclients[loop] = (client, client.register_script(_MARK_SCRIPT))
+        return parts
+
+    def _sync(self) -> redis.Redis:
+        if self._sync_client is None:
+            self._sync_client = redis.Redis.from_url(self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            self._sync_mark = self._sync_client.register_script(_MARK_SCRIPT)
+        return self._sync_client
+
+    def _sync_script(self) -> Any:
+        self._sync()
+        return self._sync_mark
+
+
+_store: CooldownStore | None = None
+_store_lock = threading.Lock()
+
+
+def store() -> CooldownStore:
+    """The process's store, built from settings on first use."""
+    global _store
+    if _store is None:
+        with _store_lock:
+            if _store is None:
+                _store = CooldownStore(
+                    settings.REDIS_URL,
+                    refresh_seconds=getattr(settings, "CLIRELAY_COOLDOWN_REFRESH_SECONDS", 1.0),
+                )
+    return _store
+
+
+def use(replacement: CooldownStore | None) -> None:
+    """Swap the process's store (tests); None rebuilds it from settings on next use."""
+    global _store
+    _store = replacement
+
+
+def cooling(channel_id: int, model: str) -> float | None:
+    """Seconds until ``model`` on ``channel_id`` is usable again, or None; reads memory only."""
+    return store().cooling(channel_id, model)
+
+
+def mark_failure(route: RouteLike, err: UpstreamError, *, whole_channel: bool = False) -> float | None:
+    return store().mark_failure(route, err, whole_channel=whole_channel)
+
+
+async def amark_failure(route: RouteLike, err: UpstreamError, *, whole_channel: bool = False) -> float | None:
+    return await store().amark_failure(route, err, whole_channel=whole_channel)
+
+
+def mark_success(route: RouteLike) -> None:
+    store().mark_success(route)
+
+
+async def amark_success(route: RouteLike) -> None:
+    await store().amark_success(route)
+
+
+async def arefresh(*, force: bool = False) -> None:
+    await store().arefresh(force=force)
+
+
+def refresh(*, force: bool = False) -> None:
+    store().refresh(force=force)
