@@ -5,7 +5,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8317
 PY      = $(VENV)/bin/python
 
-.PHONY: run test lint typecheck worker beat clean bench-translate
+.PHONY: run test lint typecheck worker beat clean bench-translate bench-limits
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ beat: $(VENV)/.installed
 ## bench-translate: time stream translation for every upstream -> client pair; table + bench/results/translate.json
 bench-translate: $(VENV)/.installed
 	$(VENV)/bin/python bench/translate.py
+
+## bench-limits: latency admit() adds per request (no limits / in process / Redis); table + bench/results/limits.json
+bench-limits: $(VENV)/.installed
+	$(VENV)/bin/python bench/limits.py
 
 clean:
 	rm -rf $(VENV) staticfiles .mypy_cache .ruff_cache .pytest_cache

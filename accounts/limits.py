@@ -17,9 +17,9 @@ braces are a Redis Cluster hash tag: one key's counters share a slot, as a multi
     relay:rl:{id}:rpm               ZSET admitted request_ids, score = admission (ms); 60 s window
     relay:rl:{id}:tpm               HASH epoch second -> tokens reported; 60 s window
     relay:q:{id}:day:YYYYMMDD       INT  client requests on that local (TIME_ZONE) date, TTL 48 h
-    relay:q:{id}:total              INT  client requests ever
-    relay:q:{id}:tokens             INT  tokens ever (every attempt)
-    relay:q:{id}:spend_micro        INT  cost ever, micro-USD (every attempt)
+    relay:q:{id}:total              INT  client requests ever                 } TTL 30 days from
+    relay:q:{id}:tokens             INT  tokens ever (every attempt)          } their seeding, then
+    relay:q:{id}:spend_micro        INT  cost ever, micro-USD (every attempt) } seeded again
 
 Checks run in this order and the first that fails names the rejection: concurrency, RPM, TPM,
 daily, total, tokens, spending -- the short windows first, the reference order (RPM, TPM, daily,
@@ -44,9 +44,12 @@ slot up early unless the relay calls ``Admission.refresh()`` now and then (every
 **Without ``REDIS_URL``** the same checks run in process (``accounts.local_limits``), with the
 quota counters read from the database once per key; correct for one process only, and a system
 check says so when ``DEBUG`` is off. **If Redis is unreachable** the limiter logs an error and uses
-the in-process path for ``REDIS_RETRY_SECONDS``, then tries Redis again: no limit is skipped. The
-quota counters of keys that moved in process meanwhile are deleted from Redis when it answers
-again, so they are seeded from the database rather than trusted.
+the in-process path for ``REDIS_RETRY_SECONDS``, then tries Redis again: no limit is skipped, but
+each process then enforces the windows on its own (quota counters start from the database), so N
+processes may together admit up to N times a limit until Redis answers. The quota counters of keys
+that moved in process meanwhile are deleted from Redis when it answers again, so they are seeded
+from the database rather than trusted. Each event loop's client has a bounded pool
+(``REDIS_POOL_SIZE``); a burst waits for a connection rather than failing over.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -94,12 +98,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DAY_TTL = 48 * 3600
-COUNTER_TTL = 30 * 86400  # lifetime counters idle this long are dropped and seeded again when needed
+COUNTER_TTL = 30 * 86400  # lifetime counters are seeded from the database again this long after the last seed
 NEVER_RESETS = 86400  # Retry-After of the quotas that only an admin can lift (D7)
 REDIS_RETRY_SECONDS = 5.0
 REDIS_POOL_SIZE = 64  # connections per event loop; admissions beyond wait for one
 _CONNECT_TIMEOUT, _COMMAND_TIMEOUT, _POOL_WAIT = 2.0, 2.0, 5.0
 _ADMITTED, _REJECTED, _SEED = 0, 1, 2
+# The scripts, next to this module; redis-py sends each by SHA (EVALSHA) and loads it on first use.
+_LUA = Path(__file__).with_name("lua")
+ADMIT_LUA = (_LUA / "admit.lua").read_text()
+ACCRUE_LUA = (_LUA / "accrue.lua").read_text()
+REFRESH_LUA = (_LUA / "refresh.lua").read_text()
 _LIMIT_FIELDS = frozenset(
     {
         "daily_request_limit",
@@ -111,111 +120,6 @@ _LIMIT_FIELDS = frozenset(
         "concurrency_limit",
     }
 )
-
-# KEYS: cc, rpm, tpm, day, total, tokens, spend.  ARGV: request_id, lease ms, then the limits
-# concurrency, rpm, tpm, daily, total, tokens, spend (micro-USD), then day TTL and counter TTL.
-# Returns {status, limit or missing-counter bits, retry_after, current value}.
-ADMIT_LUA = """
-local rid, lease = ARGV[1], tonumber(ARGV[2])
-local cc, rpm, tpm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local quota = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
-local bits = {1, 2, 4, 8}
-local missing = 0
-for i = 1, 4 do
-  if quota[i] > 0 and redis.call('EXISTS', KEYS[3 + i]) == 0 then missing = missing + bits[i] end
-end
-if missing > 0 then return {2, missing, 0, 0} end
-
-local t = redis.call('TIME')
-local now_s = tonumber(t[1])
-local now = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-if cc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  local n = redis.call('ZCARD', KEYS[1])
-  if n >= cc then return {1, 1, 1, n} end
-end
-if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60000)
-  local n = redis.call('ZCARD', KEYS[2])
-  if n >= rpm then
-    local leaving = redis.call('ZRANGE', KEYS[2], n - rpm, n - rpm, 'WITHSCORES')
-    return {1, 2, math.ceil((tonumber(leaving[2]) + 60000 - now) / 1000), n}
-  end
-end
-if tpm > 0 then
-  local fields, buckets, sum = redis.call('HGETALL', KEYS[3]), {}, 0
-  for i = 1, #fields, 2 do
-    local second = tonumber(fields[i])
-    if second <= now_s - 60 then
-      redis.call('HDEL', KEYS[3], fields[i])
-    else
-      sum = sum + tonumber(fields[i + 1])
-      buckets[#buckets + 1] = {second, tonumber(fields[i + 1])}
-    end
-  end
-  if sum >= tpm then
-    table.sort(buckets, function(a, b) return a[1] < b[1] end)
-    local left, wait = sum, 60
-    for _, bucket in ipairs(buckets) do
-      left = left - bucket[2]
-      if left < tpm then wait = bucket[1] + 60 - now_s; break end
-    end
-    return {1, 3, wait, sum}
-  end
-end
-for i = 1, 4 do
-  if quota[i] > 0 then
-    local n = tonumber(redis.call('GET', KEYS[3 + i]))
-    if n >= quota[i] then return {1, 3 + i, 0, n} end
-  end
-end
-
-if cc > 0 then
-  redis.call('ZADD', KEYS[1], string.format('%d', now + lease), rid)
-  redis.call('PEXPIRE', KEYS[1], lease + 60000)
-end
-if rpm > 0 then
-  redis.call('ZADD', KEYS[2], string.format('%d', now), rid)
-  redis.call('PEXPIRE', KEYS[2], 61000)
-end
-if quota[1] > 0 then redis.call('INCR', KEYS[4]) end
-if quota[2] > 0 then redis.call('INCR', KEYS[5]) end
-for i = 2, 4 do
-  if quota[i] > 0 then redis.call('EXPIRE', KEYS[3 + i], ARGV[11]) end
-end
-return {0, 0, 0, 0}
-"""
-
-# KEYS: tpm, tokens, spend.  ARGV: tokens, spend (micro-USD).  Lifetime counters only grow when
-# they exist: a missing one is seeded from the database, which already holds this usage.
-ACCRUE_LUA = """
-local tokens, spend = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tokens > 0 then
-  local now_s = tonumber(redis.call('TIME')[1])
-  redis.call('HINCRBY', KEYS[1], now_s, tokens)
-  redis.call('EXPIRE', KEYS[1], 120)
-  if redis.call('HLEN', KEYS[1]) > 120 then
-    for _, second in ipairs(redis.call('HKEYS', KEYS[1])) do
-      if tonumber(second) <= now_s - 60 then redis.call('HDEL', KEYS[1], second) end
-    end
-  end
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS[2], tokens) end
-end
-if spend > 0 and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('INCRBY', KEYS[3], spend) end
-return 1
-"""
-
-# KEYS: cc.  ARGV: request_id, lease ms.  Extends a lease still held; 1 if it was.
-REFRESH_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[2])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false then return 0 end
-redis.call('ZADD', KEYS[1], 'XX', string.format('%d', now + lease), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], lease + 60000)
-return 1
-"""
 
 
 class Admission:
@@ -301,9 +205,7 @@ class Limiter:
     async def _admit_redis(self, key: KeySnapshot, rid: str) -> Admission:
         client, admit_script, _ = self._async_redis()
         if self._dirty:
-            stale = self._dirty_counter_names()
-            if stale:
-                await client.delete(*stale)
+            await self._reseed_dirty(client)
         names = self._names(key.id)
         args = (
             rid,
@@ -315,8 +217,6 @@ class Limiter:
             key.total_request_limit,
             key.token_quota,
             key.spending_limit_micro,
-            DAY_TTL,
-            COUNTER_TTL,
         )
         for _ in range(3):
             status, detail, retry_after, current = await admit_script(keys=names, args=args)
@@ -352,8 +252,9 @@ class Limiter:
             raise rejection(key, *verdict)
         if self.redis_url:
             self.fallbacks += 1
-            with self.local.lock:
-                self._dirty.add(key.id)
+            if needs_quota(key):
+                with self.local.lock:
+                    self._dirty.add(key.id)
         return Admission(self if key.concurrency_limit else None, key.id, rid, via_redis=False)
 
     async def release(self, key_id: int, request_id: str, *, via_redis: bool) -> None:
@@ -459,11 +360,19 @@ class Limiter:
     def _counter_names(self, key_id: int) -> list[str]:
         return self._names(key_id)[3:]
 
-    def _dirty_counter_names(self) -> list[str]:
+    async def _reseed_dirty(self, client: Any) -> None:
+        """Delete the Redis counters of keys counted in process meanwhile: the database has their usage."""
         with self.local.lock:
             dirty, self._dirty = self._dirty, set()
-        log.info("limits: Redis answers again; reseeding the quota counters of keys %s", sorted(dirty))
-        return [name for key_id in dirty for name in self._counter_names(key_id)]
+        if not dirty:
+            return
+        try:
+            await client.delete(*(name for key_id in dirty for name in self._counter_names(key_id)))
+        except BaseException:
+            with self.local.lock:
+                self._dirty.update(dirty)
+            raise
+        log.info("limits: Redis answers again; quota counters of keys %s will be seeded afresh", sorted(dirty))
 
     def _async_redis(self) -> tuple[Any, Any, Any]:
         """This event loop's client and scripts (a client's connections belong to one loop)."""

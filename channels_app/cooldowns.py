@@ -28,7 +28,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +51,8 @@ BACKOFF_MAX_SECONDS = 30 * 60
 TRANSIENT_DEFAULT_SECONDS = 60
 _MAX_LEVEL = 12  # 2**11 s already exceeds the cap; stop counting there
 _RETENTION_SECONDS = BACKOFF_MAX_SECONDS  # how long a backoff level outlives its deadline
+_REDIS_PAUSE_SECONDS = 5.0  # after a Redis error, work in-process this long instead of waiting on timeouts
+_REDIS_TIMEOUT_SECONDS = 0.5
 
 # Bodies that say the request itself is at fault: no cool-down, no rotation (§14.2).
 REQUEST_SCOPED_CODES = (
@@ -164,6 +166,24 @@ return string.format('%.3f', until_)
 """
 
 
+# Returns [member, deadline, member, deadline, ...]: a script reply skips redis-py's per-pair float
+# conversion, which costs more than the round trip once a few hundred pairs are cooling.
+_READ_SCRIPT = "return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')"
+
+
+@dataclass(slots=True)
+class _Connection:
+    """A Redis client and the two scripts registered on it."""
+
+    client: Any
+    mark: Any
+    read: Any
+
+    @classmethod
+    def of(cls, client: Any) -> _Connection:
+        return cls(client, client.register_script(_MARK_SCRIPT), client.register_script(_READ_SCRIPT))
+
+
 class CooldownStore:
     """Cool-down state: in Redis when ``redis_url`` is set (mirrored here), else in this process."""
 
@@ -187,11 +207,9 @@ class CooldownStore:
         self._refreshing = False
         self._seq = 0  # counts local writes, so a refresh in flight does not undo them
         self._local: dict[Pair, tuple[int, float | None]] = {}
-        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aioredis.Redis, Any]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._sync_client: redis.Redis | None = None
-        self._sync_mark: Any = None
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = weakref.WeakKeyDictionary()
+        self._sync_conn: _Connection | None = None
+        self._redis_down_until = -math.inf  # monotonic
 
     # --- reading: no I/O ---------------------------------------------------------------------
 
@@ -203,6 +221,21 @@ class CooldownStore:
         until = max(deadlines.get((channel_id, model), 0.0), deadlines.get((channel_id, WHOLE_CHANNEL), 0.0))
         remaining = until - self.clock()
         return remaining if remaining > 0 else None
+
+    def cooling_check(self) -> Callable[[int, str], bool] | None:
+        """A fast "is this pair cooling now?" test for one selection (one clock read), or None when
+        nothing is known at all, so the caller can skip per-candidate lookups."""
+        deadlines = self._deadlines
+        if not deadlines:
+            return None
+        now = self.clock()
+
+        def check(channel_id: int, model: str) -> bool:
+            return (
+                deadlines.get((channel_id, model), 0.0) > now or deadlines.get((channel_id, WHOLE_CHANNEL), 0.0) > now
+            )
+
+        return check
 
     def snapshot(self) -> dict[Pair, float]:
         """Every pair cooling now, with its remaining seconds (for the admin and tests)."""
@@ -217,12 +250,12 @@ class CooldownStore:
         if plan is None:
             return None
         pair, penalty = plan
-        if not self.redis_url:
+        if not self._redis_usable():
             return self._mark_local(pair, penalty)
         try:
-            until = float(self._sync_script()(keys=self._keys(pair), args=self._script_args(pair, penalty)))
-        except redis.RedisError:
-            log.exception("cooldowns: Redis write failed; cooling %s in this process only", pair)
+            until = float(self._sync().mark(keys=self._keys(pair), args=self._script_args(pair, penalty)))
+        except redis.RedisError as exc:
+            self._redis_failed("write", exc)
             return self._mark_local(pair, penalty)
         return self._remember(pair, until)
 
@@ -232,13 +265,12 @@ class CooldownStore:
         if plan is None:
             return None
         pair, penalty = plan
-        if not self.redis_url:
+        if not self._redis_usable():
             return self._mark_local(pair, penalty)
         try:
-            script = self._async_parts()[1]
-            until = float(await script(keys=self._keys(pair), args=self._script_args(pair, penalty)))
-        except redis.RedisError:
-            log.exception("cooldowns: Redis write failed; cooling %s in this process only", pair)
+            until = float(await self._async().mark(keys=self._keys(pair), args=self._script_args(pair, penalty)))
+        except redis.RedisError as exc:
+            self._redis_failed("write", exc)
             return self._mark_local(pair, penalty)
         return self._remember(pair, until)
 
@@ -248,15 +280,14 @@ class CooldownStore:
         if not pairs:
             return
         self._forget(pairs)
-        if self.redis_url:
+        if self._redis_usable():
             try:
-                client = self._sync()
-                pipe = client.pipeline(transaction=False)
+                pipe = self._sync().client.pipeline(transaction=False)
                 pipe.delete(*(self._key(pair) for pair in pairs))
                 pipe.zrem(self._index, *(self._member(pair) for pair in pairs))
                 pipe.execute()
-            except redis.RedisError:
-                log.exception("cooldowns: Redis reset failed for %s", pairs)
+            except redis.RedisError as exc:
+                self._redis_failed("reset", exc)
 
     async def amark_success(self, route: RouteLike) -> None:
         """``mark_success`` for the event loop: a round trip only when the pair had state."""
@@ -264,14 +295,14 @@ class CooldownStore:
         if not pairs:
             return
         self._forget(pairs)
-        if self.redis_url:
+        if self._redis_usable():
             try:
-                pipe = self._aclient().pipeline(transaction=False)
+                pipe = self._async().client.pipeline(transaction=False)
                 pipe.delete(*(self._key(pair) for pair in pairs))
                 pipe.zrem(self._index, *(self._member(pair) for pair in pairs))
                 await pipe.execute()
-            except redis.RedisError:
-                log.exception("cooldowns: Redis reset failed for %s", pairs)
+            except redis.RedisError as exc:
+                self._redis_failed("reset", exc)
 
     # --- the mirror -------------------------------------------------------------------------
 
@@ -282,15 +313,13 @@ class CooldownStore:
         self._refreshing = True
         try:
             start = self._seq
-            if self.redis_url:
-                rows = await self._aclient().zrangebyscore(
-                    self._index, f"({self.clock() - _RETENTION_SECONDS}", "+inf", withscores=True
-                )
+            if self._redis_usable():
+                rows = await self._async().read(keys=[self._index], args=[self._horizon()])
                 self._install(rows, start)
-            else:
+            elif not self.redis_url:
                 self._prune()
         except redis.RedisError as exc:
-            log.warning("cooldowns: Redis refresh failed (%s); keeping the last known state", exc)
+            self._redis_failed("refresh", exc)
         finally:
             self._refreshed = time.monotonic()
             self._refreshing = False
@@ -301,15 +330,13 @@ class CooldownStore:
             return
         try:
             start = self._seq
-            if self.redis_url:
-                rows = self._sync().zrangebyscore(
-                    self._index, f"({self.clock() - _RETENTION_SECONDS}", "+inf", withscores=True
-                )
+            if self._redis_usable():
+                rows = self._sync().read(keys=[self._index], args=[self._horizon()])
                 self._install(rows, start)
-            else:
+            elif not self.redis_url:
                 self._prune()
         except redis.RedisError as exc:
-            log.warning("cooldowns: Redis refresh failed (%s); keeping the last known state", exc)
+            self._redis_failed("refresh", exc)
         finally:
             self._refreshed = time.monotonic()
 
@@ -318,7 +345,7 @@ class CooldownStore:
         with self._lock:
             self._deadlines, self._levels, self._local = {}, {}, {}
         if self.redis_url:
-            client = self._sync()
+            client = self._sync().client
             keys = list(client.scan_iter(match=f"{self.namespace}:cd:*", count=500))
             client.delete(self._index, *keys)
 
@@ -328,15 +355,15 @@ class CooldownStore:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        parts = self._aclients.pop(loop, None)
-        if parts is not None:
-            await parts[0].aclose()
+        conn = self._aclients.pop(loop, None)
+        if conn is not None:
+            await conn.client.aclose()
 
     def close(self) -> None:
         """Close the synchronous Redis client."""
-        if self._sync_client is not None:
-            self._sync_client.close()
-            self._sync_client = None
+        if self._sync_conn is not None:
+            self._sync_conn.client.close()
+            self._sync_conn = None
 
     # --- internals --------------------------------------------------------------------------
 
@@ -381,15 +408,24 @@ class CooldownStore:
                 self._seq += 1
                 self._local[pair] = (self._seq, None)
 
+    def _redis_usable(self) -> bool:
+        return bool(self.redis_url) and time.monotonic() >= self._redis_down_until
+
+    def _redis_failed(self, action: str, exc: redis.RedisError) -> None:
+        """Log, and work in-process for a few seconds rather than make every request wait on timeouts."""
+        self._redis_down_until = time.monotonic() + _REDIS_PAUSE_SECONDS
+        log.warning("cooldowns: Redis %s failed (%s); in-process only for %.0f s", action, exc, _REDIS_PAUSE_SECONDS)
+
     def _due(self, force: bool) -> bool:
         if force:
             return True
         return not self._refreshing and time.monotonic() - self._refreshed >= self.refresh_seconds
 
-    def _install(self, rows: Iterable[Any], start: int) -> None:
-        """Replace the mirror with Redis's view, then re-apply local writes made since ``start``."""
+    def _install(self, rows: list[Any], start: int) -> None:
+        """Replace the mirror with Redis's view (a flat member, deadline list), then re-apply local
+        writes made since ``start``: Redis may have answered before they landed."""
         fresh: dict[Pair, float] = {}
-        for member, score in rows:
+        for member, score in zip(rows[0::2], rows[1::2], strict=True):
             text = member.decode() if isinstance(member, bytes) else str(member)
             channel, _, model = text.partition(":")
             if channel.isdigit():
@@ -436,27 +472,28 @@ class CooldownStore:
             repr(float(_RETENTION_SECONDS)),
         )
 
-    def _aclient(self) -> aioredis.Redis:
-        return self._async_parts()[0]
-
-    def _async_parts(self) -> tuple[aioredis.Redis, Any]:
-        """One asyncio client (and its script) per event loop: connections belong to the loop that made them."""
+    def _async(self) -> _Connection:
+        """One asyncio client per event loop: a client's connections belong to the loop that made them."""
         loop = asyncio.get_running_loop()
-        parts = self._aclients.get(loop)
-        if parts is None:
-            client = aioredis.Redis.from_url(self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-            parts = self._aclients[loop] = (client, client.register_script(_MARK_SCRIPT))
-        return parts
+        conn = self._aclients.get(loop)
+        if conn is None:
+            client = aioredis.Redis.from_url(
+                self.redis_url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_TIMEOUT_SECONDS
+            )
+            conn = self._aclients[loop] = _Connection.of(client)
+        return conn
 
-    def _sync(self) -> redis.Redis:
-        if self._sync_client is None:
-            self._sync_client = redis.Redis.from_url(self.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-            self._sync_mark = self._sync_client.register_script(_MARK_SCRIPT)
-        return self._sync_client
+    def _sync(self) -> _Connection:
+        if self._sync_conn is None:
+            client = redis.Redis.from_url(
+                self.redis_url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_TIMEOUT_SECONDS
+            )
+            self._sync_conn = _Connection.of(client)
+        return self._sync_conn
 
-    def _sync_script(self) -> Any:
-        self._sync()
-        return self._sync_mark
+    def _horizon(self) -> str:
+        """The ZRANGEBYSCORE minimum: pairs still cooling or still remembering a backoff level."""
+        return f"({self.clock() - _RETENTION_SECONDS!r}"
 
 
 _store: CooldownStore | None = None

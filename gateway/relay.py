@@ -36,7 +36,14 @@ from gateway.client_dialects import (
     header_betas,
     is_codex_client,
 )
-from gateway.dialects import BadRequest, anthropic_messages, gemini, openai_chat, openai_responses
+from gateway.dialects import (
+    BadRequest,
+    anthropic_messages,
+    gemini,
+    openai_chat,
+    openai_responses,
+    openai_responses_stream,
+)
 from gateway.errors import RelayError
 from gateway.pumps import (
     SSE_KEEPALIVE,
@@ -233,17 +240,22 @@ async def _passthrough(
                 ),
                 "application/json",
             )
-        errors = (
-            _responses_error_frame(parser, incoming)
-            if isinstance(parser, openai_responses.StreamParser)
-            else lambda error: client.module.stream_error(error.status, error.message)
-        )
-        return Streamed(
-            pump_passthrough(
-                attempt, response, parser, keepalive=attempt.keepalive, ping=client.ping(incoming), error_frame=errors
-            ),
-            response.headers.get("content-type", "text/event-stream"),
-        )
+        if isinstance(parser, openai_responses.StreamParser):
+            framer = openai_responses_stream.PassthroughFramer()
+            errors = _responses_error_frame(parser, incoming, framer)
+            pump = pump_passthrough(
+                attempt, response, parser, framer.feed, framer.finish, attempt.keepalive, client.ping(incoming), errors
+            )
+        else:
+            pump = pump_passthrough(
+                attempt,
+                response,
+                parser,
+                keepalive=attempt.keepalive,
+                ping=client.ping(incoming),
+                error_frame=lambda error: client.module.stream_error(error.status, error.message),
+            )
+        return Streamed(pump, response.headers.get("content-type", "text/event-stream"))
     if upstream_stream:  # a Responses client asked for one JSON answer from an always-streaming upstream
         req = client.parse(incoming)
         return _aggregated_answer(
@@ -256,16 +268,18 @@ async def _passthrough(
 
 
 def _responses_error_frame(
-    parser: openai_responses.StreamParser, incoming: Incoming
+    parser: openai_responses.StreamParser, incoming: Incoming, framer: openai_responses_stream.PassthroughFramer
 ) -> Callable[[ir.StreamError], bytes]:
-    """A Responses pass-through's own error event, numbered after the upstream's last one (§1.4)."""
+    """A Responses pass-through's own error event, after the framer's last frame and numbered after the
+    upstream's last event (§1.4)."""
 
     def frame(error: ir.StreamError) -> bytes:
         failed = {"id": parser.response_id, "object": "response"} if incoming.codex_client else None
         sequence = parser.last_sequence + 1
-        return openai_responses.stream_error(
+        event = openai_responses.stream_error(
             error.status, error.message, error.type, sequence_number=sequence, failed_response=failed
         )
+        return framer.finish() + event
 
     return frame
 

@@ -414,6 +414,58 @@ class _ReasoningState:
     parts_seen: set[int] = field(default_factory=set)
 
 
+_REPAIR_MARKERS = (b"response.output_item.done", b"response.completed", b"response.incomplete")
+
+
+class PassthroughFramer:
+    """The framer of a Responses pass-through (§1.4): whole frames out, each ending in a blank line,
+    and a terminal event whose ``response.output`` came empty (Codex does that) filled from the
+    ``output_item.done`` items seen. Other frames go out byte for byte."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._items: dict[int, Any] = {}
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._tail + chunk if self._tail else chunk
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            self._tail = data
+            return b""
+        whole, self._tail = data[: cut + 2], data[cut + 2 :]
+        if not any(marker in whole for marker in _REPAIR_MARKERS):
+            return whole
+        return b"".join(self._frame(frame) for frame in whole.split(b"\n\n") if frame.strip())
+
+    def finish(self) -> bytes:
+        """A last frame the upstream did not end with a blank line (once)."""
+        tail, self._tail = self._tail.strip(b"\r\n"), b""
+        return self._frame(tail) if tail.strip() else b""
+
+    def _frame(self, frame: bytes) -> bytes:
+        whole = frame + b"\n\n"
+        if not any(marker in frame for marker in _REPAIR_MARKERS):
+            return whole
+        start = frame.find(b"data:")
+        try:
+            obj = orjson.loads(frame[start + 5 :]) if start >= 0 else None
+        except orjson.JSONDecodeError:
+            return whole
+        if not isinstance(obj, dict):
+            return whole
+        kind = obj.get("type")
+        if kind == "response.output_item.done" and isinstance(obj.get("output_index"), int):
+            self._items[obj["output_index"]] = obj.get("item")
+        elif kind in ("response.completed", "response.incomplete"):
+            response = obj.get("response")
+            if isinstance(response, dict) and not response.get("output") and self._items:
+                response["output"] = [self._items[k] for k in sorted(self._items)]
+                return b"event: " + str(kind).encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+        return whole
+
+
 class StreamParser:
     """Responses SSE bytes (Codex backend, OpenAI API) → IR events."""
 

@@ -401,6 +401,30 @@ async def test_an_unreachable_redis_falls_back_to_in_process_limits_and_logs_an_
     await made.aclose()
 
 
+@db
+async def test_after_an_outage_the_counters_counted_in_process_are_seeded_again(
+    redis_limiter, alice, monkeypatch
+) -> None:
+    limiter = redis_limiter
+    key = await _snapshot(alice, total_request_limit=100)
+    await limiter.admit(key, uuid.uuid4())
+    total = limiter._names(key.id)[4]
+    client = _redis(limiter.redis_url)
+    assert client.get(total) == "1"
+
+    def unreachable() -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(limiter, "_async_redis", unreachable)
+        await limiter.admit(key, uuid.uuid4())  # counted in process, from the database's counters
+    assert limiter.fallbacks == 1
+    client.set(total, 50)  # what Redis held is no longer the truth
+    limiter._down_until = 0.0  # the retry delay is over
+    await limiter.admit(key, uuid.uuid4())
+    assert client.get(total) == "1"  # seeded from the database (no row logged yet), plus this request
+
+
 # --- the acceptance of issue 4: 200 parallel requests against RPM=50 ------------------------------
 
 

@@ -284,8 +284,12 @@ def test_keys_carry_the_deadline_and_level_and_expire_after_the_backoff_memory(m
     client.close()
 
 
-def test_without_redis_a_failure_still_cools_the_pair_in_this_process(clock: Clock) -> None:
+def test_when_redis_is_unreachable_the_process_cools_pairs_itself_and_stops_asking_for_a_while(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
     store = CooldownStore("redis://127.0.0.1:1/0", clock=clock)
     assert store.mark_failure(ROUTE, _err(503)) == pytest.approx(60)
-    store.refresh(force=True)  # logs and keeps what it knows
-    assert store.cooling(7, "gpt-up") == pytest.approx(60)
+    assert store.mark_failure(FakeRoute(upstream_model="other"), _err(429)) == pytest.approx(1)
+    store.refresh(force=True)
+    assert store.cooling(7, "gpt-up") == pytest.approx(60) and store.cooling(7, "other") == pytest.approx(1)
+    assert len([r for r in caplog.records if "Redis" in r.getMessage()]) == 1

@@ -2,7 +2,10 @@
 
 * ``claude -p`` → gateway ``/v1/messages`` → an OpenAI-compatible Chat Completions upstream;
 * ``codex exec`` (custom provider, ``wire_api = "responses"``) → gateway ``/v1/responses`` → a Claude upstream;
-* ``gemini -p`` (``GOOGLE_GEMINI_BASE_URL``) → gateway ``:streamGenerateContent`` → a Codex (Responses) upstream.
+* ``gemini -p`` (``GOOGLE_GEMINI_BASE_URL``) → gateway ``:streamGenerateContent`` → a Codex (Responses) upstream;
+* and the CLIs' own default models, whose requests differ most: Claude Code's ``claude-opus-5-5`` (adaptive
+  thinking, a system message inside ``messages``) and Codex's ``gpt-6.1-sol`` ("code mode": the shell reached
+  through a free-form JavaScript tool in a namespace).
 
 Each fake upstream behaves like a model, deciding from the request it received (in its own family's
 shape): while no tool result is in it, it calls the CLI's own shell tool as the request declares it,
@@ -28,7 +31,7 @@ import pytest
 
 from channels_app.models import Channel, ProviderKind
 from tests.clis import harness
-from tests.clis.recording_server import RecordingServer, example_from_schema
+from tests.clis.recording_server import RecordingServer, code_mode_source, example_from_schema
 from tests.conftest import Persona
 from tests.fakes.fixtures import (  # noqa: F401
     CLAUDE_API_KEY,
@@ -72,8 +75,11 @@ def _text(content: Any) -> str:
 
 
 def _shell_arguments(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """Arguments for the shell tool as its schema declares them (``cmd``, or ``command`` string or list)."""
+    """Arguments for the shell tool as its schema declares them: ``cmd``, ``command`` (a string or a list),
+    or ``input`` — Codex's code-mode ``exec``, a free-form tool, whose input is JavaScript."""
     props = schema.get("properties") or {}
+    if list(props) == ["input"]:
+        return {"input": code_mode_source(COMMAND)}
     if "cmd" in props:
         return {"cmd": COMMAND}
     if (props.get("command") or {}).get("type") == "array":
@@ -230,6 +236,25 @@ CASES = [
     ),
     pytest.param(
         Case(
+            cli="claude",
+            # Claude Code's own default model: adaptive thinking, effort, and a system message inside ``messages``.
+            model="claude-opus-5-5",
+            upstream_model="gpt-4.1-upstream",
+            fake="openai_upstream",
+            kind=ProviderKind.OPENAI_COMPATIBILITY,
+            secret=OPENAI_SECRET,
+            shell="Bash",
+            upstream_path="/v1/chat/completions",
+            client_path="/v1/messages",
+            client_dialect=Dialect.ANTHROPIC_MESSAGES,
+            model_of=chat_model,
+            results_of=chat_results,
+            history_call=chat_history_call,
+        ),
+        id="claude-default-model-via-openai-chat",
+    ),
+    pytest.param(
+        Case(
             cli="codex",
             # A name Codex's bundled catalog does not know, as a gateway-routed name would be: Codex then
             # declares classic function tools (exec_command) instead of its JavaScript "code mode".
@@ -247,6 +272,27 @@ CASES = [
             history_call=claude_history_call,
         ),
         id="codex-via-claude",
+    ),
+    pytest.param(
+        Case(
+            cli="codex",
+            # Codex's own default model: "code mode", the shell reached through the free-form tool ``exec``
+            # (namespace ``functions``) whose JavaScript calls ``tools.exec_command``; declared to Claude as
+            # ``functions__exec`` with a string ``input``.
+            model="gpt-6.1-sol",
+            upstream_model="claude-sonnet-4-5-upstream",
+            fake="claude_upstream",
+            kind=ProviderKind.CLAUDE_API_KEY,
+            secret=CLAUDE_API_KEY,
+            shell="functions__exec",
+            upstream_path="/v1/messages",
+            client_path="/v1/responses",
+            client_dialect=Dialect.OPENAI_RESPONSES,
+            model_of=claude_model,
+            results_of=claude_results,
+            history_call=claude_history_call,
+        ),
+        id="codex-code-mode-via-claude",
     ),
     pytest.param(
         Case(
@@ -269,11 +315,14 @@ CASES = [
 ]
 
 
-def _deciding(model: Callable[[Any], dict[str, Any]], decisions: list[str]) -> Callable[[Any], dict[str, Any]]:
-    """``model``, noting what it chose for each request: "tool", "final" or "side"."""
+def _deciding(
+    model: Callable[[Any], dict[str, Any]], decisions: list[str], calls: list[ToolCall]
+) -> Callable[[Any], dict[str, Any]]:
+    """``model``, noting what it chose for each request ("tool", "final" or "side") and the calls it made."""
 
     def respond(body: Any) -> dict[str, Any]:
         answer = model(body)
+        calls.extend(answer["tool_calls"])
         decisions.append(
             "tool" if answer["tool_calls"] else "final" if answer["text"].startswith("The command printed") else "side"
         )
@@ -296,8 +345,9 @@ def test_the_cli_runs_its_own_tool_through_the_gateway_and_answers(
     require_cli(case.cli)
     fake = request.getfixturevalue(case.fake)
     decisions: list[str] = []
+    calls: list[ToolCall] = []
     fake.script.api_key = case.secret
-    fake.script.responder = _deciding(case.model_of(case.shell), decisions)
+    fake.script.responder = _deciding(case.model_of(case.shell), decisions, calls)
     channel = Channel.objects.create(
         team=alice.team,
         kind=case.kind,
@@ -335,9 +385,7 @@ def test_the_cli_runs_its_own_tool_through_the_gateway_and_answers(
     assert turns.index(first) < turns.index(second), context
     assert all(r.json["model"] == case.upstream_model for r in turns), context
     name, arguments, output = case.history_call(second.json)
-    assert name == case.shell, context
-    command = arguments.get("cmd") or arguments.get("command")
-    assert (command[-1] if isinstance(command, list) else command) == COMMAND, arguments
+    assert (name, arguments) == (calls[0].name, calls[0].arguments) and name == case.shell, context
     assert PROOF in output, context
 
     assert not recording_server.leaks, f"{case.cli} tried to reach {[r.path for r in recording_server.leaks]}"

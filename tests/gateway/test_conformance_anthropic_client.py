@@ -15,13 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import orjson
 import pytest
 from pytest_django.fixtures import Settings
 
 from tests.fakes import responses_upstream as responses_fake
+from tests.fakes.fixtures import (  # noqa: F401  (the fake upstreams the shared fixtures use)
+    claude_upstream,
+    claude_upstream_server,
+    gemini_upstream,
+    gemini_upstream_server,
+    responses_upstream,
+    responses_upstream_server,
+)
 from tests.fakes.upstream import ToolCall, random_id
-from tests.gateway.conformance import (  # noqa: F401
+from tests.gateway import conformance
+from tests.gateway.conformance import (
     ANTHROPIC_HEADERS,
     FAMILIES,
     FINAL_TEXT,
@@ -34,7 +42,6 @@ from tests.gateway.conformance import (  # noqa: F401
     Route,
     ScriptedOpenAI,
     Wire,
-    anth,
     anthropic_events,
     assert_client_call_id,
     assert_upstream_got_result_paired,
@@ -42,29 +49,26 @@ from tests.gateway.conformance import (  # noqa: F401
     block_texts,
     chat_chunk,
     chat_usage,
-    claude_upstream,
-    claude_upstream_server,
     cut_off_midstream,
     fail_before_first_byte,
     fail_midstream,
-    fakes,
-    first_party_claude,
-    gemini_upstream,
-    gemini_upstream_server,
-    png_server,
-    responses_upstream,
-    responses_upstream_server,
-    route,
-    rows,
     script_text,
     script_tool_call,
     script_usage,
-    scripted_openai,
-    wire,
 )
 from usage.models import RequestLog
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# The shared fixtures, bound here so pytest finds them.
+anth = conformance.anth
+fakes = conformance.fakes
+first_party_claude = conformance.first_party_claude
+png_server = conformance.png_server
+route = conformance.route
+rows = conformance.rows
+scripted_openai = conformance.scripted_openai
+wire = conformance.wire
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic_messages"
 CLAUDE_CODE: dict[str, Any] = json.loads((FIXTURES / "claude_code_request.json").read_text())
@@ -122,11 +126,8 @@ def test_c3_a_plain_text_stream_from_openai_chat_is_a_well_formed_message_stream
     names = [name for name, _ in events]
     deltas = names.count("content_block_delta")
     assert deltas >= 2
-    assert names == ["message_start", "content_block_start", *["content_block_delta"] * deltas] + [
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-    ]
+    text_block = ["content_block_start", *["content_block_delta"] * deltas, "content_block_stop"]
+    assert names == ["message_start", *text_block, "message_delta", "message_stop"]
     assert events[0][1]["message"]["usage"]["input_tokens"] > 0
     assert events[1][1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
     assert block_texts(events) == "Hello from the fake upstream."
@@ -152,6 +153,32 @@ def test_c51_usage_sent_after_the_finish_chunk_lands_in_message_delta(
     assert names[-2:] == ["message_delta", "message_stop"], "message_delta comes before message_stop, nothing after"
     usage = events[-2][1]["usage"]
     assert (usage["input_tokens"], usage["cache_read_input_tokens"], usage["output_tokens"]) == (20, 100, 7)
+
+
+def test_an_openai_chat_stream_without_done_still_ends_with_message_stop(
+    route: Route, wire: Wire, scripted_openai: ScriptedOpenAI
+) -> None:
+    route("openai")
+    chunks = [chat_chunk({"role": "assistant", "content": ""}), chat_chunk({"content": "Hi"}), chat_chunk({}, "stop")]
+    scripted_openai.stream(chunks, done=False)
+    events = anthropic_events(wire.messages({"model": MODEL, "max_tokens": 100, "stream": True, "messages": HI}))
+    assert [n for n, _ in events][-2:] == ["message_delta", "message_stop"]
+    assert block_texts(events) == "Hi"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["N", "S"])
+def test_a_codex_answer_whose_completed_output_is_empty_still_reaches_an_anthropic_client(
+    route: Route, anth: anthropic.Anthropic, stream: bool
+) -> None:
+    fake = route("codex")
+    fake.reply("Rebuilt from the item events.", empty_completed_output=True)
+    kwargs: Any = {"model": MODEL, "max_tokens": 100, "messages": HI}
+    if stream:
+        with anth.messages.stream(**kwargs) as events:
+            answer = events.get_final_message()
+    else:
+        answer = anth.messages.create(**kwargs)
+    assert [b.text for b in answer.content if b.type == "text"] == ["Rebuilt from the item events."]
 
 
 # --- C7, C15: Claude to Claude is a near pass-through ----------------------------------------
@@ -401,7 +428,10 @@ def test_c42_a_signed_claude_history_with_parallel_calls_replays_to_gemini(
     contents = fake.last.json["contents"]
     assert [c["role"] for c in contents] == ["user", "model", "user"]
     first, second = contents[1]["parts"]
-    assert (first["functionCall"]["name"], first["thoughtSignature"]) == ("get_weather", "skip_thought_signature_validator")
+    assert (first["functionCall"]["name"], first["thoughtSignature"]) == (
+        "get_weather",
+        "skip_thought_signature_validator",
+    )
     assert second["functionCall"]["name"] == "get_time" and "thoughtSignature" not in second
     assert [p["functionResponse"]["name"] for p in contents[2]["parts"]] == ["get_weather", "get_time"]
     assert "Two lookups." not in str(contents)
@@ -583,7 +613,9 @@ def test_a_request_the_gateway_refuses_itself_is_in_the_anthropic_envelope(
 ) -> None:
     route("claude")
     headers = {**ANTHROPIC_HEADERS, **({"x-api-key": key} if key else {})}
-    response = wire.client.post("/v1/messages", json={"model": MODEL, "max_tokens": 10, "messages": HI}, headers=headers)
+    response = wire.client.post(
+        "/v1/messages", json={"model": MODEL, "max_tokens": 10, "messages": HI}, headers=headers
+    )
     assert response.status_code == status
     body = response.json()
     assert (body["type"], body["error"]["type"]) == ("error", error_type) and body["error"]["message"]
@@ -630,7 +662,11 @@ def test_a_tool_call_round_trips_between_an_anthropic_client_and_every_family(
     fake = route(family)
     script_tool_call(family, fake, scripted_openai)
     tools: Any = [
-        {"name": WEATHER_TOOL["name"], "description": WEATHER_TOOL["description"], "input_schema": WEATHER_TOOL["schema"]}
+        {
+            "name": WEATHER_TOOL["name"],
+            "description": WEATHER_TOOL["description"],
+            "input_schema": WEATHER_TOOL["schema"],
+        }
     ]
     question: Any = {"role": "user", "content": "Weather in Paris?"}
     first = _create(anth, stream, model=MODEL, max_tokens=200, messages=[question], tools=tools)
@@ -721,3 +757,24 @@ def test_an_upstream_failure_mid_stream_reaches_an_anthropic_client_as_an_error_
     (row,) = rows()
     assert row.status_code == status
     assert row.error_message == message if message else row.error_message
+
+
+@pytest.mark.parametrize("when", ["before_the_first_byte", "mid_stream"])
+@pytest.mark.parametrize("family", ["claude", "gemini"])
+def test_a_stalled_upstream_is_a_timeout_error_for_an_anthropic_client(
+    route: Route, wire: Wire, short_read_timeout: float, family: str, when: str
+) -> None:
+    fake = route(family)
+    fake.reply("Partial answer that stalls")
+    if when == "before_the_first_byte":
+        fake.stall()
+    else:
+        fake.stall_after({"claude": 5, "gemini": 2}[family])
+    response = wire.messages({"model": MODEL, "max_tokens": 100, "stream": True, "messages": HI})
+    if when == "before_the_first_byte":
+        assert response.status_code == 504
+        assert response.json()["error"]["type"] == "timeout_error"
+        return
+    events = anthropic_events(response)
+    assert block_texts(events) == "Partial answer"
+    assert events[-1][0] == "error" and events[-1][1]["error"]["type"] == "timeout_error"

@@ -19,7 +19,16 @@ from google.genai import types as gtypes
 
 from gateway import tokens
 from gateway.dialects import gemini as gemini_dialect
-from tests.gateway.conformance import (  # noqa: F401
+from tests.fakes.fixtures import (  # noqa: F401  (the fake upstreams the shared fixtures use)
+    claude_upstream,
+    claude_upstream_server,
+    gemini_upstream,
+    gemini_upstream_server,
+    responses_upstream,
+    responses_upstream_server,
+)
+from tests.gateway import conformance
+from tests.gateway.conformance import (
     FAMILIES,
     FINAL_TEXT,
     MODEL,
@@ -33,31 +42,28 @@ from tests.gateway.conformance import (  # noqa: F401
     assert_client_call_id,
     assert_upstream_got_result_paired,
     assert_usage_row,
-    claude_upstream,
-    claude_upstream_server,
+    chat_chunk,
     cut_off_midstream,
     fail_before_first_byte,
     fail_midstream,
-    fakes,
-    first_party_claude,
-    gem,
     gemini_chunks,
-    gemini_upstream,
-    gemini_upstream_server,
-    responses_upstream,
-    responses_upstream_server,
-    route,
-    rows,
     script_text,
     script_tool_call,
     script_usage,
-    scripted_openai,
     texts_of,
-    wire,
 )
 from usage.models import RequestLog
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# The shared fixtures, bound here so pytest finds them.
+fakes = conformance.fakes
+first_party_claude = conformance.first_party_claude
+gem = conformance.gem
+route = conformance.route
+rows = conformance.rows
+scripted_openai = conformance.scripted_openai
+wire = conformance.wire
 
 HI = {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
 RPC = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "INTERNAL", 503: "UNAVAILABLE", 529: "INTERNAL"}
@@ -95,6 +101,30 @@ def test_c6_a_stream_without_alt_from_claude_is_one_json_array(route: Route, wir
     assert isinstance(chunks, list) and len(chunks) >= 2
     assert texts_of(chunks) == "Hello from the fake upstream."
     assert final_chunk(chunks)["finishReason"] == "STOP"
+
+
+def test_an_openai_chat_stream_without_done_still_ends_with_a_final_chunk(
+    route: Route, wire: Wire, scripted_openai: ScriptedOpenAI
+) -> None:
+    route("openai")
+    chunks = [chat_chunk({"role": "assistant", "content": ""}), chat_chunk({"content": "Hi"}), chat_chunk({}, "stop")]
+    scripted_openai.stream(chunks, done=False)
+    chunks_seen = gemini_chunks(wire.gemini("streamGenerateContent", HI))
+    assert texts_of(chunks_seen) == "Hi"
+    assert final_chunk(chunks_seen)["finishReason"] == "STOP"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["N", "S"])
+def test_a_codex_answer_whose_completed_output_is_empty_still_reaches_a_gemini_client(
+    route: Route, gem: genai.Client, stream: bool
+) -> None:
+    fake = route("codex")
+    fake.reply("Rebuilt from the item events.", empty_completed_output=True)
+    if stream:
+        text = "".join(c.text or "" for c in gem.models.generate_content_stream(model=MODEL, contents="Hi"))
+    else:
+        text = gem.models.generate_content(model=MODEL, contents="Hi").text or ""
+    assert text == "Rebuilt from the item events."
 
 
 # --- C11, C26: system instructions and call ids ---------------------------------------------------
@@ -251,9 +281,7 @@ def test_c58_a_gemini_client_lists_and_gets_the_models_of_its_key(route: Route, 
 
 def test_gemini_actions_are_also_served_under_v1_models(route: Route, wire: Wire) -> None:
     route("claude")
-    response = wire.client.post(
-        f"/v1/models/{MODEL}:generateContent", json=HI, headers={"x-goog-api-key": wire.key}
-    )
+    response = wire.client.post(f"/v1/models/{MODEL}:generateContent", json=HI, headers={"x-goog-api-key": wire.key})
     assert response.status_code == 200, response.text
     assert texts_of([response.json()]) == "Hello from the fake upstream."
     assert wire.get(f"/v1/models/{MODEL}").json()["id"] == MODEL, "the OpenAI GET of one model still answers"
@@ -405,3 +433,24 @@ def test_an_upstream_failure_mid_stream_reaches_a_gemini_client_as_a_google_erro
     assert last["error"]["message"] == message if message else last["error"]["message"]
     (row,) = rows()
     assert row.status_code == status
+
+
+@pytest.mark.parametrize("when", ["before_the_first_byte", "mid_stream"])
+@pytest.mark.parametrize("family", ["gemini", "claude"])
+def test_a_stalled_upstream_is_deadline_exceeded_for_a_gemini_client(
+    route: Route, wire: Wire, short_read_timeout: float, family: str, when: str
+) -> None:
+    fake = route(family)
+    fake.reply("Partial answer that stalls")
+    if when == "before_the_first_byte":
+        fake.stall()
+    else:
+        fake.stall_after({"claude": 5, "gemini": 2}[family])
+    response = wire.gemini("streamGenerateContent", HI)
+    if when == "before_the_first_byte":
+        assert response.status_code == 504
+        assert (response.json()["error"]["code"], response.json()["error"]["status"]) == (504, "DEADLINE_EXCEEDED")
+        return
+    *text_chunks, last = gemini_chunks(response)
+    assert texts_of(text_chunks) == "Partial answer"
+    assert (last["error"]["code"], last["error"]["status"]) == (504, "DEADLINE_EXCEEDED")

@@ -107,8 +107,10 @@ def assert_upstream_got_result(family: str, body: dict[str, Any], call_id: str) 
     elif family == "gemini":
         model, user = body["contents"][-2:]
         assert model["role"] == "model"
-        (fc,) = [p["functionCall"] for p in model["parts"] if "functionCall" in p]
+        (part,) = [p for p in model["parts"] if "functionCall" in p]
+        fc = part["functionCall"]
         assert (fc["name"], fc["args"]) == ("get_weather", ARGS)
+        assert part["thoughtSignature"]  # the model's own, or the validator bypass (§4.9.7)
         assert user["role"] == "user"
         (fr,) = [p["functionResponse"] for p in user["parts"] if "functionResponse" in p]
         assert fr["name"] == "get_weather"

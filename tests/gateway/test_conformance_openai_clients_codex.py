@@ -127,3 +127,15 @@ def test_codex_never_receives_the_parameters_it_rejects(gateway, alice, connect:
     sent = fake.last.json
     assert (sent["stream"], sent["store"]) == (True, False) and "instructions" in sent
     assert not {"max_output_tokens", "max_completion_tokens", "temperature", "top_p"} & set(sent)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["N", "S"])
+def test_a_codex_completed_response_with_an_empty_output_reaches_the_client_with_its_items(
+    gateway, alice, connect: Connect, stream: bool
+) -> None:
+    connect("codex").reply("Repaired.", reasoning="Brief thought.", empty_completed_output=True)
+    answer = raw_post(gateway, alice, "/responses", {"model": MODEL, "input": "Hi", "stream": stream})
+    response = responses_events(answer.text)[-1]["response"] if stream else answer.json()
+    assert response["status"] == "completed"
+    assert [item["type"] for item in response["output"]] == ["reasoning", "message"]
+    assert response["output"][1]["content"][0]["text"] == "Repaired."

@@ -1313,3 +1313,28 @@ def test_the_dialect_modules_are_pure(module: Any) -> None:
     assert not imported & {"django", "httpx", "aiohttp", "requests", "socket", "asyncio", "os", "pathlib", "io"}
     called = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     assert "open" not in called and "print" not in called
+
+
+def _sse_frame(payload: dict[str, Any], end: bytes = b"\n\n") -> bytes:
+    return b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + end
+
+
+def test_the_passthrough_framer_fills_an_empty_terminal_output_from_the_items_done() -> None:
+    item = {"id": "msg_1", "type": "message", "content": [{"type": "output_text", "text": "hi"}]}
+    delta = _sse_frame({"type": "response.output_text.delta", "sequence_number": 1, "delta": "hi"})
+    done = _sse_frame({"type": "response.output_item.done", "sequence_number": 2, "output_index": 0, "item": item})
+    completed = {"type": "response.completed", "sequence_number": 3, "response": {"id": "resp_1", "output": []}}
+    wire = delta + done.replace(b"\n", b"\r\n") + _sse_frame(completed, end=b"")
+    framer = openai_responses_stream.PassthroughFramer()
+    out = b"".join(framer.feed(wire[i : i + 7]) for i in range(0, len(wire), 7)) + framer.finish()
+    assert framer.finish() == b""
+    frames = [f for f in out.split(b"\n\n") if f]
+    assert frames[0] + b"\n\n" == delta and len(frames) == 3
+    assert orjson.loads(frames[2].split(b"data: ", 1)[1])["response"]["output"] == [item]
+    assert out.endswith(b"\n\n")
+
+
+def test_the_passthrough_framer_leaves_a_terminal_output_that_is_there_alone() -> None:
+    completed = {"type": "response.completed", "response": {"output": [{"id": "x", "type": "message"}]}}
+    framer = openai_responses_stream.PassthroughFramer()
+    assert framer.feed(_sse_frame(completed)) == _sse_frame(completed)
