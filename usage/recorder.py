@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import zstandard
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import DataError, IntegrityError, close_old_connections, transaction
 
 if TYPE_CHECKING:
     from usage.models import RequestBody, RequestLog
@@ -136,26 +136,18 @@ class Recorder:
         return not self._pending and self._queue.empty()
 
     def _write_pending(self) -> None:
-        from usage.models import LogStorageSettings, RequestBody, RequestLog
-
         events = self._pending
         try:
             close_old_connections()
-            store_bodies = LogStorageSettings.load().store_content
-            rows = [self._row(RequestLog, e) for e in events]
-            with transaction.atomic():
-                RequestLog.objects.bulk_create(rows)
-                if store_bodies:
-                    RequestBody.objects.bulk_create(
-                        [
-                            self._body(RequestBody, row, e)
-                            for row, e in zip(rows, events, strict=True)
-                            if e.request_body or e.response_body
-                        ]
-                    )
-            from accounts.limits import accrue_batch  # quota counters, once the rows are stored; never raises
-
-            accrue_batch(rows)
+            self._insert(events)
+        except (IntegrityError, DataError):
+            # The database is up but refuses some row (say its key was deleted mid-request):
+            # store the others one by one and drop only the refused ones, so one bad row
+            # never stalls recording.
+            self.failures += 1
+            events = self._insert_each(events)
+            if events is None:
+                return
         except Exception:
             self.failures += 1
             log.exception("usage recorder: writing %d rows failed; will retry", len(events))
@@ -164,6 +156,40 @@ class Recorder:
             close_old_connections()
         self.written += len(events)
         self._pending = []
+
+    def _insert(self, events: list[UsageEvent]) -> None:
+        from accounts.limits import accrue_batch
+        from usage.models import LogStorageSettings, RequestBody, RequestLog
+
+        store_bodies = LogStorageSettings.load().store_content
+        rows = [self._row(RequestLog, e) for e in events]
+        with transaction.atomic():
+            RequestLog.objects.bulk_create(rows)
+            if store_bodies:
+                RequestBody.objects.bulk_create(
+                    [
+                        self._body(RequestBody, row, e)
+                        for row, e in zip(rows, events, strict=True)
+                        if e.request_body or e.response_body
+                    ]
+                )
+        accrue_batch(rows)  # quota counters, once the rows are stored; never raises
+
+    def _insert_each(self, events: list[UsageEvent]) -> list[UsageEvent] | None:
+        """Insert rows one at a time; the stored ones, or None when the database itself failed."""
+        stored: list[UsageEvent] = []
+        for event in events:
+            try:
+                self._insert([event])
+            except (IntegrityError, DataError):
+                log.exception("usage recorder: dropping a row the database refuses (request %s)", event.request_id)
+            except Exception:
+                log.exception("usage recorder: writing rows failed; will retry")
+                self._pending = [e for e in events if e not in stored]
+                return None
+            else:
+                stored.append(event)
+        return stored
 
     def _row(self, model: type[RequestLog], e: UsageEvent) -> RequestLog:
         return model(

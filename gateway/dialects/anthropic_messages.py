@@ -489,6 +489,7 @@ def render_request(req: ir.Request) -> dict[str, Any]:
             body[key] = dict(value) if isinstance(value, dict) else value
     _write_thinking(body, req)
     _write_sampling(body, req)
+    _limit_cache_control(body)  # the executor-level rule of §1.5 holds for translated bodies too
     if req.stream:
         body["stream"] = True
     return body

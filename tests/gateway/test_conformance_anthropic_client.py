@@ -18,6 +18,7 @@ import anthropic
 import pytest
 from pytest_django.fixtures import Settings
 
+from tests.conftest import Persona
 from tests.fakes import responses_upstream as responses_fake
 from tests.fakes.fixtures import (  # noqa: F401  (the fake upstreams the shared fixtures use)
     claude_upstream,
@@ -596,6 +597,20 @@ def test_count_tokens_against_anthropic_first_party_sends_claude_codes_request_w
     assert sent.json["messages"][-1] == CLAUDE_CODE["messages"][-1], "the mid-conversation system turn is counted"
 
 
+def test_count_tokens_against_anthropic_first_party_keeps_at_most_four_cache_breakpoints(
+    first_party_claude: Any, anth: anthropic.Anthropic
+) -> None:
+    fake = first_party_claude
+    cached: Any = {"type": "ephemeral"}
+    system: Any = [{"type": "text", "text": f"Rule {i}.", "cache_control": cached} for i in range(3)]
+    tool: Any = {"name": "get_weather", "input_schema": WEATHER_TOOL["schema"], "cache_control": cached}
+    messages: Any = [{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": cached}]}]
+    anth.messages.count_tokens(model=MODEL, system=system, tools=[tool], messages=messages)
+    sent = fake.last
+    assert sent.headers["x-api-key"] == conformance.CLAUDE_API_KEY and "authorization" not in sent.headers
+    assert str(sent.json).count("cache_control") == 4, "Anthropic rejects a fifth breakpoint"
+
+
 def test_the_beta_messages_endpoint_serves_sdk_beta_calls(route: Route, anth: anthropic.Anthropic) -> None:
     fake = route("claude", upstream_model="claude-opus-5", alias="claude-opus-5")
     answer = anth.beta.messages.create(
@@ -625,7 +640,7 @@ def test_a_request_the_gateway_refuses_itself_is_in_the_anthropic_envelope(
 
 
 def test_c58_an_anthropic_client_lists_the_models_of_its_key_in_anthropic_shape(
-    route: Route, anth: anthropic.Anthropic, wire: Wire
+    route: Route, anth: anthropic.Anthropic, wire: Wire, charlie: Persona
 ) -> None:
     route("openai", alias="gpt-4o-mini-alias")
     assert [m.id for m in anth.models.list()] == ["gpt-4o-mini-alias"]
@@ -639,6 +654,10 @@ def test_c58_an_anthropic_client_lists_the_models_of_its_key_in_anthropic_shape(
         "gpt-4o-mini-alias",
         "gpt-4o-mini-alias",
     )
+    other_team = Wire(wire.client, charlie.raw_key)
+    assert other_team.get("/v1/models", ANTHROPIC_HEADERS).json()["data"] == [], "charlie sees none of alice's models"
+    refused = other_team.messages({"model": "gpt-4o-mini-alias", "max_tokens": 10, "messages": HI})
+    assert refused.status_code == 404 and refused.json()["error"]["type"] == "not_found_error"
 
 
 # --- the family matrix -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from google.genai import types as gtypes
 
 from gateway import tokens
 from gateway.dialects import gemini as gemini_dialect
+from tests.conftest import Persona
 from tests.fakes.fixtures import (  # noqa: F401  (the fake upstreams the shared fixtures use)
     claude_upstream,
     claude_upstream_server,
@@ -265,7 +266,9 @@ def test_c57_count_tokens_against_another_claude_base_url_is_a_local_estimate(ro
 # --- C58: model listing -------------------------------------------------------------------------------
 
 
-def test_c58_a_gemini_client_lists_and_gets_the_models_of_its_key(route: Route, gem: genai.Client, wire: Wire) -> None:
+def test_c58_a_gemini_client_lists_and_gets_the_models_of_its_key(
+    route: Route, gem: genai.Client, wire: Wire, charlie: Persona
+) -> None:
     route("claude", alias="claude-for-gemini")
     assert [m.name for m in gem.models.list()] == ["models/claude-for-gemini"]
     assert gem.models.get(model="claude-for-gemini").name == "models/claude-for-gemini"
@@ -277,6 +280,11 @@ def test_c58_a_gemini_client_lists_and_gets_the_models_of_its_key(route: Route, 
     assert missing.status_code == 404
     error = missing.json()["error"]
     assert (error["code"], error["status"]) == (404, "NOT_FOUND") and error["message"]
+    other_team = Wire(wire.client, charlie.raw_key)
+    assert other_team.get("/v1beta/models").json() == {"models": []}, "charlie sees none of alice's models"
+    assert other_team.get("/v1beta/models/claude-for-gemini").status_code == 404
+    refused = other_team.gemini("generateContent", HI, model="claude-for-gemini")
+    assert (refused.status_code, refused.json()["error"]["status"]) == (404, "NOT_FOUND")
 
 
 def test_gemini_actions_are_also_served_under_v1_models(route: Route, wire: Wire) -> None:

@@ -94,3 +94,16 @@ def test_a_failed_insert_keeps_the_batch_and_writes_it_later(monkeypatch) -> Non
     recorder.record(_event())
     assert recorder.flush(timeout=5)
     assert RequestLog.objects.count() == 1 and recorder.failures == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_the_database_refuses_is_dropped_and_the_rest_of_its_batch_is_kept() -> None:
+    recorder = Recorder(autostart=False)
+    recorder.record(_event(requested_model="good-1"))
+    recorder.record(_event(requested_model="orphan", api_key_id=987654321))  # no such key
+    recorder.record(_event(requested_model="good-2"))
+    assert recorder.flush(timeout=5)
+    assert sorted(RequestLog.objects.values_list("requested_model", flat=True)) == ["good-1", "good-2"]
+    recorder.record(_event(requested_model="later"))
+    assert recorder.flush(timeout=5)
+    assert RequestLog.objects.filter(requested_model="later").exists()
