@@ -145,9 +145,10 @@ class Recorder:
             # store the others one by one and drop only the refused ones, so one bad row
             # never stalls recording.
             self.failures += 1
-            events = self._insert_each(events)
-            if events is None:
+            stored = self._insert_each(events)
+            if stored is None:
                 return
+            events = stored
         except Exception:
             self.failures += 1
             log.exception("usage recorder: writing %d rows failed; will retry", len(events))

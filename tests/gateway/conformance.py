@@ -519,3 +519,12 @@ def cut_off_midstream(family: str, fake: Any, scripted: ScriptedOpenAI) -> None:
         return
     fake.reply("Partial answer that is cut")
     fake.cut_off({"claude": 5, "gemini": 2, "codex": 6}[family])
+
+
+CLAUDE_ONLY_FIELDS = ("context_management", "defer_loading", "eager_input_streaming", "cache_control", "betas")
+
+
+def assert_no_claude_only_fields(body: Any) -> None:
+    """Beta-bound Claude fields are dropped silently towards other families (D3.6)."""
+    text = orjson.dumps(body).decode()
+    assert not [field for field in CLAUDE_ONLY_FIELDS if f'"{field}"' in text]

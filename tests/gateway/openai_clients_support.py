@@ -111,10 +111,7 @@ def chat_tool_stream(calls: list[Call], usage: dict[str, Any]) -> list[bytes]:
 
 
 def chat_completion(
-    content: str | None,
-    usage: dict[str, Any],
-    calls: list[Call] = (),
-    finish: str = "stop",  # type: ignore[assignment]
+    content: str | None, usage: dict[str, Any], calls: list[Call] | None = None, finish: str = "stop"
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:

@@ -45,6 +45,7 @@ from tests.gateway.conformance import (
     Wire,
     anthropic_events,
     assert_client_call_id,
+    assert_no_claude_only_fields,
     assert_upstream_got_result_paired,
     assert_usage_row,
     block_texts,
@@ -243,6 +244,7 @@ def test_c12_a_claude_code_request_reaches_openai_chat_with_the_system_turn_in_p
     assert "Also check how the tests use it." in str(messages[-2]["content"])
     assert PLAN_MODE in str(messages[-1]["content"])
     assert b"x-anthropic-billing-header" not in sent.body
+    assert_no_claude_only_fields(sent.json)
     assert not any("<system-reminder>" in str(m["content"]) and PLAN_MODE in str(m["content"]) for m in messages)
     assert "anthropic-beta" not in sent.headers
 
@@ -262,6 +264,7 @@ def test_c13_a_mid_conversation_system_turn_joins_the_gemini_system_instruction(
     assert [p.get("text") for p in last[1:]] == ["Also check how the tests use it.", "Go on."]
     assert PLAN_MODE not in str(sent["contents"])
     assert "x-anthropic-billing-header" not in str(sent)
+    assert_no_claude_only_fields(sent)
 
 
 def test_c14_a_mid_conversation_system_turn_is_a_developer_message_in_place_for_codex(route: Route, wire: Wire) -> None:
@@ -274,6 +277,7 @@ def test_c14_a_mid_conversation_system_turn_is_a_developer_message_in_place_for_
     assert PLAN_MODE in str(messages[-1]["content"])
     assert items[-1] is messages[-1] and "Also check how the tests use it." in str(items[-2])
     assert "x-anthropic-billing-header" not in str(fake.last.json)
+    assert_no_claude_only_fields(fake.last.json)
     assert "anthropic-beta" not in fake.last.headers
 
 
@@ -732,6 +736,7 @@ def test_an_anthropic_client_and_the_usage_log_see_every_familys_token_counts(
     assert usage.get("cache_creation_input_tokens", 0) == written
     (row,) = rows()
     assert_usage_row(row, reasoning)
+    assert (row.client_dialect, row.stream, row.upstream_model) == ("anthropic-messages", stream, UPSTREAM_MODEL)
 
 
 @pytest.mark.parametrize(("status", "error_type"), [(429, "rate_limit_error"), (503, "api_error")])

@@ -92,8 +92,9 @@ def test_c5_an_sse_stream_from_codex_is_data_frames_ending_with_stop_and_usage(r
     assert (usage["promptTokenCount"], usage["candidatesTokenCount"], usage["totalTokenCount"]) == (12, 7, 19)
 
 
-def test_c6_a_stream_without_alt_from_claude_is_one_json_array(route: Route, wire: Wire) -> None:
-    fake = route("claude")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_c6_a_stream_without_alt_is_one_json_array(route: Route, wire: Wire, family: str) -> None:
+    fake = route(family)
     fake.reply("Hello from the fake upstream.")
     response = wire.gemini("streamGenerateContent", HI, alt_sse=False)
     assert response.status_code == 200, response.text
@@ -295,6 +296,12 @@ def test_gemini_actions_are_also_served_under_v1_models(route: Route, wire: Wire
     assert wire.get(f"/v1/models/{MODEL}").json()["id"] == MODEL, "the OpenAI GET of one model still answers"
 
 
+def test_a_key_in_the_query_string_is_accepted(route: Route, wire: Wire) -> None:
+    route("claude")
+    response = wire.client.post(f"/v1beta/models/{MODEL}:generateContent", json=HI, params={"key": wire.key})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "rpc"),
     [({}, 401, "UNAUTHENTICATED"), ({"x-goog-api-key": "AIza-not-a-key"}, 401, "UNAUTHENTICATED")],
@@ -395,6 +402,7 @@ def test_a_gemini_client_and_the_usage_log_see_every_familys_token_counts(
     assert (usage["candidatesTokenCount"], usage.get("thoughtsTokenCount", 0)) == (30 - reasoning, reasoning)
     (row,) = rows()
     assert_usage_row(row, reasoning)
+    assert (row.client_dialect, row.stream, row.upstream_model) == ("gemini", stream, UPSTREAM_MODEL)
 
 
 @pytest.mark.parametrize("status", [429, 503])
