@@ -137,6 +137,11 @@ def penalty_for(err: UpstreamError, *, transient_seconds: int = 0) -> Penalty | 
     return Penalty("transient", transient_seconds or TRANSIENT_DEFAULT_SECONDS)
 
 
+def is_request_scoped(err: UpstreamError) -> bool:
+    """Whether the request itself was at fault: stop, without trying another channel (§14.3 step 2)."""
+    return penalty_for(err) is None
+
+
 def backoff_seconds(level: int) -> float:
     """The 429 backoff at ``level`` (0-based): 1 s, 2 s, 4 s … at most 30 min."""
     return min(BACKOFF_BASE_SECONDS * 2 ** min(level, _MAX_LEVEL), BACKOFF_MAX_SECONDS)

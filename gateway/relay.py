@@ -474,7 +474,7 @@ async def count_tokens(request: HttpRequest, client: ClientDialect, *, path_mode
         module = gemini if client is GEMINI else anthropic_messages
         return HttpResponse(orjson.dumps(module.count_tokens_response(count)), content_type="application/json")
     except UpstreamRejection as err:
-        return client.error_response(err)
+        return client.error_response(err, upstream=True)
     except RelayError as err:
         return client.error_response(err)
     except (BadRequest, thinking.ThinkingError) as exc:

@@ -146,6 +146,12 @@ def test_each_upstream_failure_earns_the_cool_down_of_the_spec_table(err: Upstre
     assert (penalty.seconds if penalty else None) == seconds
 
 
+def test_request_scoped_errors_stop_the_retry_loop_and_channel_failures_do_not() -> None:
+    assert cooldowns.is_request_scoped(_err(400)) and cooldowns.is_request_scoped(_err(413))
+    assert cooldowns.is_request_scoped(_err(500, "context_length_exceeded"))
+    assert not cooldowns.is_request_scoped(_err(429)) and not cooldowns.is_request_scoped(UpstreamTimeout("slow"))
+
+
 def test_a_429_without_retry_after_asks_for_the_exponential_backoff() -> None:
     assert penalty_for(_err(429)) == cooldowns.Penalty("quota", backoff=True)
     assert [cooldowns.backoff_seconds(level) for level in range(5)] == [1, 2, 4, 8, 16]
