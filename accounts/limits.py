@@ -133,6 +133,11 @@ class Admission:
         self.key_id = key_id
         self.request_id = request_id
 
+    @property
+    def holds_slot(self) -> bool:
+        """Whether ``release()`` has a concurrency lease to give back."""
+        return self._limiter is not None
+
     async def release(self) -> None:
         """Give the concurrency slot back; later calls do nothing."""
         limiter, self._limiter = self._limiter, None

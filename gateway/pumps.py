@@ -19,6 +19,7 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 
 from accounts.access import KeySnapshot
+from accounts.limits import Admission
 from channels_app import scheduler, transport
 from channels_app.executors.base import UpstreamCall, UpstreamError, UpstreamTimeout, UpstreamUnreachable, classify
 from gateway import ir
@@ -49,6 +50,7 @@ class Attempt:
     captured: list[bytes] = field(default_factory=list)
     captured_size: int = 0
     finished: bool = False
+    admission: Admission | None = None  # the key's limits, taken for this request
     keepalive: float = 0  # seconds of upstream silence before a keep-alive goes to the client
 
     def capture(self, chunk: bytes) -> None:
@@ -67,12 +69,19 @@ class Attempt:
             if reported is not None:
                 self.usage = reported if self.usage is None else self.usage.merged(reported)
 
+    def release(self) -> None:
+        """Give back the key's concurrency slot, if this request holds one (idempotent)."""
+        admission, self.admission = self.admission, None
+        if admission is not None and admission.holds_slot:
+            asyncio.get_running_loop().create_task(admission.release())
+
     def finish(self, status: int, error_type: str = "", error_message: str = "") -> None:
         """Queue this attempt's usage row (a non-blocking put); only the first call counts.
 
         A failure is recorded where it is understood best and then re-raised as a
         ``RelayError`` that the view would otherwise record again.
         """
+        self.release()
         if self.finished:
             return
         self.finished = True

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
+from accounts import limits
 from accounts.access import KeySnapshot, aresolve_api_key
 from channels_app import scheduler
 from channels_app.executors.base import Executor
@@ -79,6 +80,7 @@ async def handle(
 ) -> HttpResponseBase:
     """Serve one generation request in ``client``'s dialect."""
     attempt = Attempt(dialect=client.name, path=request.path)
+    served: HttpResponseBase | Streamed | None = None
     try:
         attempt.key = await aresolve_api_key(request)
         incoming = _incoming(request, client, attempt, path_model, action)
@@ -87,11 +89,19 @@ async def handle(
     except UpstreamRejection as err:
         return _rejection(client, err, same_family=attempt.route is not None and _same_family(client, attempt))
     except RelayError as err:
-        if attempt.key is not None and err.status not in (401, 403, 404):
+        if attempt.key is not None and err.status not in (401, 403, 404) and not _is_limit(err):
             attempt.finish(err.status, err.code, err.message)
         return client.error_response(err)
     except (BadRequest, thinking.ThinkingError) as exc:
         return client.error_response(RelayError(400, str(exc), code="invalid_request"))
+    finally:
+        if not isinstance(served, Streamed):
+            attempt.release()  # a stream gives its slot back when it ends
+
+
+def _is_limit(err: RelayError) -> bool:
+    """A refusal by the key's own limits: nothing reached an upstream, so nothing is logged."""
+    return err.status == 429 and err.code.endswith(("_exceeded", "_exhausted"))
 
 
 async def open_stream(
@@ -107,10 +117,12 @@ async def open_stream(
     try:
         served = await _serve(attempt, client, replace(incoming, stream=True))
     except RelayError as err:
-        if err.status not in (401, 403, 404):
+        if err.status not in (401, 403, 404) and not _is_limit(err):
             attempt.finish(err.status, err.code, err.message)
+        attempt.release()
         raise
     except (BadRequest, thinking.ThinkingError) as exc:
+        attempt.release()
         raise RelayError(400, str(exc), code="invalid_request") from None
     if not isinstance(served, Streamed):  # only an OpenAI upstream that ignored stream: true does this
         attempt.finish(502, "upstream_error", "upstream did not stream")
@@ -126,6 +138,8 @@ async def _serve(attempt: Attempt, client: ClientDialect, incoming: Incoming) ->
     table = await scheduler.table()
     attempt.keepalive = table.keepalive_seconds
     attempt.route = route = scheduler.choose(table, attempt.key, base_model)
+    # Limits last: a request refused for its key, model or route consumes no quota (D2).
+    attempt.admission = await limits.admit(attempt.key, str(attempt.request_id))
     executor = executor_for(route.channel.kind)
     assert executor is not None  # the routing table holds only kinds with an executor
     if executor.family == client.family and suffix is None:

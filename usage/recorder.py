@@ -23,6 +23,8 @@ import zstandard
 from django.conf import settings
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 
+from channels_app import stats as channel_stats
+
 if TYPE_CHECKING:
     from usage.models import RequestBody, RequestLog
 
@@ -155,6 +157,7 @@ class Recorder:
             return
         finally:
             close_old_connections()
+        channel_stats.apply_batch(events)  # per-channel counters and latency; never raises
         self.written += len(events)
         self._pending = []
 
