@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -48,6 +49,14 @@ def fake_and_request(request: pytest.FixtureRequest, name: str) -> tuple[Any, di
     return fake, {"method": "POST", "url": f"{root}{path}", "headers": headers, "json": body}
 
 
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """The fake marks a request completed just after its last byte leaves; wait for that, bounded."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return check()
+
+
 @every_fake
 def test_a_gate_holds_the_stream_after_its_first_event_until_released(
     request: pytest.FixtureRequest, name: str
@@ -66,7 +75,7 @@ def test_a_gate_holds_the_stream_after_its_first_event_until_released(
 
     assert response.status_code == 200 and first
     assert held == 1
-    assert rest and fake.last.completed
+    assert rest and _eventually(lambda: fake.last.completed)
 
 
 @every_fake
@@ -130,7 +139,7 @@ def test_every_request_is_recorded(request: pytest.FixtureRequest, name: str) ->
     assert sent.method == "POST" and call["url"].split("?")[0].endswith(sent.path)
     assert sent.headers["x-trace"] == "abc"
     assert sent.json == call["json"]
-    assert sent.completed and sent.events_sent > 2
+    assert _eventually(lambda: sent.completed) and sent.events_sent > 2
 
 
 @every_fake
@@ -150,7 +159,7 @@ def test_a_delay_between_events_still_delivers_them_all(request: pytest.FixtureR
 
     response = httpx.request(**call)
 
-    assert response.status_code == 200 and fake.last.completed
+    assert response.status_code == 200 and _eventually(lambda: fake.last.completed)
 
 
 @pytest.mark.parametrize("name", ["claude_upstream", "gemini_upstream", "responses_upstream"])
