@@ -10,11 +10,9 @@ through ``upstream.script`` (or the helpers ``reply``, ``fail``, ``stall``, ``cu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import re
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,41 +20,12 @@ from typing import Any
 import orjson
 
 from tests.fakes.server import ThreadedServer
-from tests.fakes.upstream import Responder, ToolCall, answering
+from tests.fakes.upstream import Gate, Responder, ToolCall, answering
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-
-
-class Gate:
-    """Holds upstream handlers until the test calls ``release()`` (from any thread)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._released = False
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    @property
-    def released(self) -> bool:
-        return self._released
-
-    def release(self) -> None:
-        with self._lock:
-            self._released = True
-            waiters, self._waiters = self._waiters, []
-        for loop, event in waiters:
-            with contextlib.suppress(RuntimeError):  # the server's loop is already closed
-                loop.call_soon_threadsafe(event.set)
-
-    async def wait(self) -> None:
-        event = asyncio.Event()
-        with self._lock:
-            if self._released:
-                return
-            self._waiters.append((asyncio.get_running_loop(), event))
-        await event.wait()
 
 
 @dataclass
