@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from gateway import ir
+from gateway.dialects.sse import SseFrames
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -181,7 +182,7 @@ class StreamParser:
     """
 
     def __init__(self, req: ir.Request | None = None) -> None:
-        self._tail = b""
+        self._frames = SseFrames()
         self._blocks: dict[int, _Block] = {}
         self._tools = 0
         self._usage: dict[str, Any] = {}
@@ -191,23 +192,14 @@ class StreamParser:
         self._custom = {t.name for t in req.tools if t.kind == "custom"} if req else set()
 
     def feed(self, chunk: bytes) -> list[ir.Event]:
-        data = self._tail + chunk if self._tail else chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            self._tail = data
-            return []
-        self._tail = data[cut + 2 :]
         events: list[ir.Event] = []
-        for raw in data[:cut].split(b"\n\n"):
-            if raw:
-                self._event(raw, events)
+        for raw in self._frames.feed(chunk):
+            self._event(raw, events)
         return events
 
     def finish(self) -> list[ir.Event]:
         events: list[ir.Event] = []
-        tail, self._tail = self._tail.strip(), b""
+        tail = self._frames.rest()
         if tail:
             self._event(tail, events)
         if not self._closed:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import orjson
 
 from gateway import ir
+from gateway.dialects.sse import SseFrames
 
 # --- tool names and call ids ---------------------------------------------------------------
 
@@ -473,7 +474,7 @@ class StreamParser:
         self._names, self._ids = reverse_maps(req)
         self.response_id = ""  # the upstream's, and its last sequence_number (for a pass-through's own error)
         self.last_sequence = 0
-        self._tail = b""
+        self._frames = SseFrames()
         self._started = False
         self._closed = False
         self._content = False
@@ -506,25 +507,17 @@ class StreamParser:
         }
 
     def feed(self, chunk: bytes) -> list[ir.Event]:
-        data = self._tail + chunk if self._tail else chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            self._tail = data
-            return []
-        self._tail = data[cut + 2 :]
         events: list[ir.Event] = []
-        for frame in data[:cut].split(b"\n\n"):
+        for frame in self._frames.feed(chunk):
             self._frame(frame, events)
         return events
 
     def finish(self) -> list[ir.Event]:
         """Whatever the end of the stream implies; a stream without a terminal event is an error."""
         events: list[ir.Event] = []
-        tail, self._tail = self._tail, b""
-        if tail.strip():
-            self._frame(tail.rstrip(b"\r\n"), events)  # a last frame without its blank line
+        tail = self._frames.rest()
+        if tail:
+            self._frame(tail, events)  # a last frame without its blank line
         if not self._closed:
             self._closed = True
             message = "upstream closed the stream before the response completed"
