@@ -1,12 +1,19 @@
 """Channels (team-scoped), and the platform's proxy pool, prices and runtime settings.
 
 Credentials and proxy URLs are write-only in forms and masked in lists (gateway.admin_secrets).
+Header and option values may be credentials too: readers (team viewers) see them masked.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any
+
 from django.contrib import admin
 from django.db import models
+from django.http import HttpRequest
 
 from accounts.admin_scoping import (
     SameTeamForm,
@@ -18,6 +25,34 @@ from accounts.admin_scoping import (
 )
 from channels_app.models import Channel, ChannelKey, ModelPrice, ProxyEntry, RuntimeSettings
 from gateway.admin_secrets import MaskedSecretsMixin, WriteOnlySecretsForm, masked
+from gateway.encryption import mask
+
+
+def _masked_tree(value: Any) -> Any:
+    """``value`` with every string inside it masked; keys, numbers and flags kept."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {key: _masked_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked_tree(item) for item in value]
+    return value
+
+
+@cache
+def masked_values(name: str) -> Callable[[models.Model], str]:
+    """A read-only field showing JSON field ``name`` with its string values masked."""
+
+    @admin.display(description=name.replace("_", " ").capitalize())
+    def show(obj: models.Model) -> str:
+        return json.dumps(_masked_tree(getattr(obj, name, None)), ensure_ascii=False)
+
+    show.__name__ = f"masked_values_{name}"
+    return show
+
+
+def _replace(entries: Sequence[Any], swaps: dict[str, Any]) -> list[Any]:
+    return [tuple(_replace(e, swaps)) if isinstance(e, list | tuple) else swaps.get(e, e) for e in entries]
 
 
 class ChannelKeyInline(MaskedSecretsMixin, TeamScopedInline):
@@ -62,6 +97,21 @@ class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
         ("Options", {"fields": ("options",)}),
         ("Dates", {"fields": ("created_at", "updated_at")}),
     )
+
+    masked_value_fields = ("headers", "options")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        readonly = list(super().get_readonly_fields(request, obj))
+        if self._shows_form(request, obj):
+            return readonly
+        return readonly + [masked_values(name) for name in self.masked_value_fields]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        fieldsets = super().get_fieldsets(request, obj)
+        if self._shows_form(request, obj):
+            return fieldsets
+        swaps = {name: masked_values(name) for name in self.masked_value_fields}
+        return [(title, {**opts, "fields": _replace(opts["fields"], swaps)}) for title, opts in fieldsets]
 
     @admin.display(description="latency ms (first byte)", ordering="latency_ewma_ms")
     def latency(self, channel: Channel) -> str:

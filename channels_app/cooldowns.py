@@ -66,6 +66,9 @@ REQUEST_SCOPED_CODES = (
     "unsupported_value",
     "string_above_max_length",
 )
+# "invalid_request_error" counts only with a 400 (a status already request-scoped): OpenAI's 401 and
+# 404 bodies carry that type too, and still mean "try another channel".
+_SCOPED_BODY_CODES = tuple(code for code in REQUEST_SCOPED_CODES if code != "invalid_request_error")
 # 400/422 bodies that mean "this credential cannot serve this model": treated like a 404.
 _MODEL_UNSUPPORTED = (
     "model_not_supported",
@@ -113,14 +116,14 @@ class Penalty:
 def penalty_for(err: UpstreamError, *, transient_seconds: int = 0) -> Penalty | None:
     """The cool-down an upstream failure earns (§14.2), or None when the request itself was at fault."""
     status = err.upstream_status or err.status
-    text = f"{err.message} {err.error_type}".lower()
+    text = f"{err.message} {err.detail}".lower()
     if status < 400 or status == 499:
         return None
     if status in (400, 401) and "invalid_grant" in text:
         return Penalty("unauthorized", SUSPENDED_SECONDS)
     if status in (400, 422) and any(phrase in text for phrase in _MODEL_UNSUPPORTED):
         return Penalty("model_not_supported", NOT_FOUND_SECONDS)
-    if status in _REQUEST_SCOPED_STATUSES or any(code in text for code in REQUEST_SCOPED_CODES):
+    if status in _REQUEST_SCOPED_STATUSES or any(code in text for code in _SCOPED_BODY_CODES):
         return None
     if status == 401:
         return Penalty("unauthorized", SUSPENDED_SECONDS)

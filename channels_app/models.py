@@ -231,6 +231,9 @@ class RuntimeSettings(models.Model):
     proxy_url = EncryptedTextField(blank=True, help_text="Global upstream proxy.")
     request_retry = models.PositiveIntegerField(default=3)
     max_retry_interval = models.PositiveIntegerField(default=30, help_text="Seconds")
+    max_retry_credentials = models.PositiveIntegerField(
+        default=0, help_text="Most credentials one request tries before it fails (0 = unlimited)."
+    )
     routing_strategy = models.CharField(max_length=20, choices=Strategy.choices, default=Strategy.ROUND_ROBIN)
     include_default_group = models.BooleanField(default=True)
     force_model_prefix = models.BooleanField(default=False)

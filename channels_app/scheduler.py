@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -104,6 +105,8 @@ class RoutingTable:
     keepalive_seconds: int = 0
     request_retry: int = 3
     max_retry_interval: int = 30
+    max_retry_credentials: int = 0  # upstreams tried per round; 0 = every candidate
+    payload_rules: dict[str, Any] = field(default_factory=dict)  # config.yaml ``payload`` (gateway.payload_rules)
     models: dict[int, dict[str, list[Entry]]] = field(default_factory=dict)
     groups: dict[int, dict[str, GroupScope]] = field(default_factory=dict)  # by lower-case name and slug
     implicit_groups: dict[int, set[str]] = field(default_factory=dict)
@@ -172,6 +175,8 @@ def build_table() -> RoutingTable:
         keepalive_seconds=runtime.streaming_keepalive_seconds,
         request_retry=runtime.request_retry,
         max_retry_interval=runtime.max_retry_interval,
+        max_retry_credentials=runtime.max_retry_credentials,
+        payload_rules=runtime.payload_rules if isinstance(runtime.payload_rules, dict) else {},
     )
     groups = list(ChannelGroup.objects.all())
     for group in groups:
@@ -459,11 +464,17 @@ def _slot(route: Route) -> tuple[int, int]:
     return route.channel.id, route.channel.credentials.index((route.secret, route.proxy_url))
 
 
-def models_for(current: RoutingTable, key: KeySnapshot) -> list[tuple[str, ChannelSnapshot]]:
-    """The models ``key`` may call, each with a channel that serves it."""
+def models_for(
+    current: RoutingTable, key: KeySnapshot, *, group: GroupScope | None = None
+) -> list[tuple[str, ChannelSnapshot]]:
+    """The models ``key`` may call (inside ``group`` when given), each with a channel that serves it."""
     found: list[tuple[str, ChannelSnapshot]] = []
     for entries in current.models.get(key.team_id, {}).values():
-        usable = [(e.name, e.channel) for e in entries if permitted(key, e.channel)]
+        usable = [
+            (e.name, e.channel)
+            for e in entries
+            if permitted(key, e.channel) and (group is None or in_group(e.channel, group))
+        ]
         if usable and key.allows_model(usable[0][0]):
             found.append(usable[0])
     return found

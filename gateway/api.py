@@ -79,9 +79,11 @@ async def _visible_models(request: HttpRequest, client: ClientDialect) -> list[t
     """(model, owner) pairs the key may call, or the authentication error in ``client``'s envelope."""
     try:
         key: KeySnapshot = await aresolve_api_key(request)
+        table = await scheduler.table()
+        scope = relay.route_scope(table, key, relay.namespace_of(request))
     except RelayError as err:
         return client.error_response(err)
-    return [(name, channel.kind) for name, channel in scheduler.models_for(await scheduler.table(), key)]
+    return [(name, channel.kind) for name, channel in scheduler.models_for(table, key, group=scope)]
 
 
 def _wants_anthropic_list(request: HttpRequest) -> bool:

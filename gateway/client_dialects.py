@@ -56,6 +56,7 @@ class Incoming:
     sse: bool = True  # Gemini streams without ?alt=sse are one JSON array
     betas: tuple[str, ...] = ()
     codex_client: bool = False
+    edited: bool = False  # the payload is no longer the client's bytes (a key's system prompt was added)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,10 @@ class ClientDialect:
         """``err`` in this dialect's envelope; an ``upstream`` refusal gets the envelope's own code for
         its status (OpenAI ``rate_limit_exceeded``, Google ``RESOURCE_EXHAUSTED`` …), not the relay's."""
         code = None if upstream else err.code
-        response = HttpResponse(self.error_body(err.status, err.message, code), status=err.status)
+        body = self.error_body(err.status, err.message, code)
+        if err.details:
+            body = _with_details(body, err.details)
+        response = HttpResponse(body, status=err.status)
         response["Content-Type"] = "application/json"
         if err.retry_after is not None:
             response["Retry-After"] = str(max(err.retry_after, 1))
@@ -102,6 +106,18 @@ class ClientDialect:
 
     def render_response(self, resp: ir.Response, req: ir.Request) -> bytes:
         return orjson.dumps(self.module.render_response(resp, req))
+
+
+def _with_details(body: bytes, details: dict[str, object]) -> bytes:
+    """``details`` added to the envelope's error object (the first, for Gemini's array form)."""
+    envelope = orjson.loads(body)
+    target = envelope[0] if isinstance(envelope, list) and envelope else envelope
+    error = target.get("error") if isinstance(target, dict) else None
+    if not isinstance(error, dict):
+        return body
+    for name, value in details.items():
+        error.setdefault(name, value)
+    return orjson.dumps(envelope)
 
 
 OPENAI_CHAT = ClientDialect(

@@ -17,6 +17,7 @@ class RelayError(Exception):
         code: str,
         error_type: str = "",
         retry_after: int | None = None,
+        details: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -24,6 +25,7 @@ class RelayError(Exception):
         self.code = code
         self.error_type = error_type or _default_type(status)
         self.retry_after = retry_after
+        self.details = details  # extra fields for the envelope's error object (model, reset_time, group…)
 
 
 def _default_type(status: int) -> str:

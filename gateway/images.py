@@ -21,16 +21,17 @@ from typing import Any
 import orjson
 from django.http import HttpRequest, HttpResponse
 
+from accounts import limits
 from accounts.access import KeySnapshot, aresolve_api_key
-from channels_app import scheduler
+from channels_app import cooldowns, scheduler
 from channels_app.executors.base import Executor
 from channels_app.executors.registry import executor_for
 from gateway import ir
 from gateway.client_dialects import OPENAI_CHAT
 from gateway.dialects import BadRequest, gemini
 from gateway.errors import RelayError
-from gateway.pumps import Attempt, open_call, read_all
-from gateway.relay import json_object, read_raw
+from gateway.pumps import Attempt, UpstreamFailed, open_call, read_all
+from gateway.relay import is_limit, json_object, namespace_of, read_raw, route_scope
 
 DEFAULT_MODEL = "gpt-image-2"
 MAX_IMAGES = 4  # management spec §12: n is 1–4
@@ -173,7 +174,7 @@ def without_image_data(value: Any) -> Any:
 
 async def generate(request: HttpRequest) -> HttpResponse:
     """Serve one ``POST /v1/images/generations``; errors in OpenAI's envelope."""
-    attempt = Attempt(dialect=OPENAI_CHAT.name, path=request.path)
+    attempt = Attempt(dialect=OPENAI_CHAT.name, path=request.path, namespace=namespace_of(request))
     try:
         attempt.key = key = await aresolve_api_key(request)
         req = parse_request(json_object(read_raw(request, attempt)))
@@ -182,20 +183,31 @@ async def generate(request: HttpRequest) -> HttpResponse:
         if executor.family == "gemini":
             return await _draw_with_gemini(attempt, executor, req)
         return await _forward(attempt, executor, req)
+    except UpstreamFailed as err:
+        if attempt.route is not None:
+            await cooldowns.amark_failure(attempt.route, err.error)
+        return OPENAI_CHAT.error_response(err)
     except RelayError as err:
-        if attempt.key is not None and err.status not in (401, 403, 404):
+        if attempt.key is not None and err.status not in (401, 403, 404) and not is_limit(err):
             attempt.finish(err.status, err.code, err.message)
         return OPENAI_CHAT.error_response(err)
     except BadRequest as exc:
         return OPENAI_CHAT.error_response(RelayError(400, str(exc), code="invalid_request"))
+    finally:
+        attempt.release()
 
 
 async def _route(attempt: Attempt, key: KeySnapshot, model: str) -> Executor:
+    """The one channel that draws (images are single-pick: each call is billed), limits taken last."""
     if not key.allows_model(model):
         raise RelayError(403, f"model '{model}' is not allowed for this API key", code="model_not_allowed")
-    attempt.route = route = scheduler.choose(await scheduler.table(), key, model)
+    table = await scheduler.table()
+    scope = route_scope(table, key, attempt.namespace)
+    attempt.group_id = scope.group_id if scope else None
+    attempt.route = route = scheduler.choose(table, key, model, group=scope)
     executor = executor_for(route.channel.kind)
     assert executor is not None  # the routing table holds only kinds with an executor
+    attempt.admission = await limits.admit(key, str(attempt.request_id))
     return executor
 
 
@@ -234,7 +246,7 @@ async def _draw_with_gemini(first: Attempt, executor: Executor, req: ImageReques
     route = first.route
     assert route is not None
     body = gemini_body(req, route.upstream_model)
-    attempts = [first] + [_sibling(first) for _ in range(req.n - 1)]
+    attempts = [first] + [_sibling(first, number) for number in range(2, req.n + 1)]
     results = await asyncio.gather(*(_gemini_image(a, executor, body) for a in attempts), return_exceptions=True)
     drawn: list[tuple[ir.Image, ir.Usage]] = []
     for result in results:
@@ -252,11 +264,13 @@ async def _draw_with_gemini(first: Attempt, executor: Executor, req: ImageReques
     return HttpResponse(orjson.dumps(answer), content_type="application/json")
 
 
-def _sibling(first: Attempt) -> Attempt:
+def _sibling(first: Attempt, number: int) -> Attempt:
     """Another upstream call of the same client request (same request id, key, route and body)."""
     return Attempt(
         dialect=first.dialect,
         path=first.path,
+        number=number,
+        group_id=first.group_id,
         request_id=first.request_id,
         key=first.key,
         route=first.route,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -52,6 +53,10 @@ class Attempt:
     finished: bool = False
     admission: Admission | None = None  # the key's limits, taken for this request
     keepalive: float = 0  # seconds of upstream silence before a keep-alive goes to the client
+    number: int = 1  # 1 for the first upstream tried, 2 for the first failover, …
+    payload_rules: dict[str, Any] = field(default_factory=dict)  # applied to every upstream body
+    namespace: str = ""  # the URL's group namespace (``pro`` in ``/pro/v1/...``), if any
+    group_id: int | None = None  # the explicit routing group the request was confined to
 
     def capture(self, chunk: bytes) -> None:
         if chunk and self.captured_size < _MAX_CAPTURE:
@@ -75,13 +80,24 @@ class Attempt:
         if admission is not None and admission.holds_slot:
             asyncio.get_running_loop().create_task(admission.release())
 
+    def retry(self, route: scheduler.Route) -> None:
+        """Start the next attempt of the same client request on ``route`` (after ``record``)."""
+        self.number += 1
+        self.route, self.finished, self.usage, self.ttfb_ms = route, False, None, 0
+        self.captured, self.captured_size = [], 0
+        self.started, self.started_at = time.monotonic(), timezone.now()
+
     def finish(self, status: int, error_type: str = "", error_message: str = "") -> None:
+        """Give back the concurrency slot and queue this attempt's usage row (see ``record``)."""
+        self.release()
+        self.record(status, error_type, error_message)
+
+    def record(self, status: int, error_type: str = "", error_message: str = "") -> None:
         """Queue this attempt's usage row (a non-blocking put); only the first call counts.
 
         A failure is recorded where it is understood best and then re-raised as a
         ``RelayError`` that the view would otherwise record again.
         """
-        self.release()
         if self.finished:
             return
         self.finished = True
@@ -91,6 +107,7 @@ class Attempt:
             UsageEvent(
                 time=self.started_at,
                 request_id=self.request_id,
+                attempt=self.number,
                 client_dialect=self.dialect,
                 path=self.path,
                 requested_model=self.model,
@@ -99,6 +116,7 @@ class Attempt:
                 team_id=key.team_id if key else None,
                 api_key_id=key.id if key else None,
                 key_display=key.display if key else "",
+                group_id=self.group_id,
                 channel_id=route.channel.id if route else None,
                 channel_name=route.channel.name if route else "",
                 upstream_kind=route.channel.kind if route else "",
@@ -130,31 +148,40 @@ async def send(call: UpstreamCall) -> httpx.Response:
         raise UpstreamUnreachable(f"upstream unreachable: {exc or type(exc).__name__}") from None
 
 
-class UpstreamRejection(RelayError):
+class UpstreamFailed(RelayError):
+    """An upstream call that failed before answering: ``error`` is what the scheduler judges it by."""
+
+    def __init__(self, err: UpstreamError) -> None:
+        retry_after = math.ceil(err.cooldown_s) if err.cooldown_s is not None else None
+        super().__init__(
+            err.status, err.message, code="upstream_error", error_type=err.error_type, retry_after=retry_after
+        )
+        self.error = err
+
+
+class UpstreamRejection(UpstreamFailed):
     """An upstream error answer, with its raw body for same-dialect pass-through."""
 
     def __init__(self, err: UpstreamError, body: bytes, content_type: str) -> None:
-        retry_after = int(err.cooldown_s) if err.cooldown_s is not None else None
-        RelayError.__init__(
-            self, err.status, err.message, code="upstream_error", error_type=err.error_type, retry_after=retry_after
-        )
+        super().__init__(err)
         self.body, self.content_type = body, content_type
         self.upstream_status = err.upstream_status
 
 
 async def open_call(attempt: Attempt, call: UpstreamCall) -> httpx.Response:
-    """Send ``call``; on a transport failure or an error status, record it and raise a RelayError."""
+    """Send ``call``; on a transport failure or an error status, record the attempt (keeping the
+    request's limits slot: the caller may try another channel) and raise ``UpstreamFailed``."""
     try:
         response = await send(call)
     except UpstreamError as err:
-        attempt.finish(err.status, err.error_type, err.message)
-        raise RelayError(err.status, err.message, code="upstream_error", error_type=err.error_type) from None
+        attempt.record(err.status, err.error_type, err.message)
+        raise UpstreamFailed(err) from None
     if response.status_code < 400:
         return response
     body = await _read_quietly(response)
     attempt.capture(body)
     rejected = classify(response.status_code, body, response.headers.get("retry-after"))
-    attempt.finish(rejected.status, rejected.error_type, rejected.message)
+    attempt.record(rejected.status, rejected.error_type, rejected.message)
     raise UpstreamRejection(rejected, body, response.headers.get("content-type", "application/json"))
 
 

@@ -9,8 +9,9 @@ streaming: bytes in, bytes out. Each attempt queues one usage event for the reco
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -22,10 +23,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from accounts import limits
 from accounts.access import KeySnapshot, aresolve_api_key
-from channels_app import scheduler
+from channels_app import cooldowns, scheduler
 from channels_app.executors.base import Executor
 from channels_app.executors.registry import executor_for
-from gateway import ir, media, thinking, tokens
+from gateway import ir, media, payload_rules, system_prompt, thinking, tokens
 from gateway.client_dialects import (
     FAMILY_MODULES,
     FAMILY_PARSERS,
@@ -49,6 +50,7 @@ from gateway.errors import RelayError
 from gateway.pumps import (
     SSE_KEEPALIVE,
     Attempt,
+    UpstreamFailed,
     UpstreamRejection,
     open_call,
     pump_passthrough,
@@ -79,7 +81,7 @@ async def handle(
     request: HttpRequest, client: ClientDialect, *, path_model: str = "", action: str = ""
 ) -> HttpResponseBase:
     """Serve one generation request in ``client``'s dialect."""
-    attempt = Attempt(dialect=client.name, path=request.path)
+    attempt = Attempt(dialect=client.name, path=request.path, namespace=namespace_of(request))
     served: HttpResponseBase | Streamed | None = None
     try:
         attempt.key = await aresolve_api_key(request)
@@ -89,7 +91,7 @@ async def handle(
     except UpstreamRejection as err:
         return _rejection(client, err, same_family=attempt.route is not None and _same_family(client, attempt))
     except RelayError as err:
-        if attempt.key is not None and err.status not in (401, 403, 404) and not _is_limit(err):
+        if attempt.key is not None and err.status not in (401, 403, 404) and not is_limit(err):
             attempt.finish(err.status, err.code, err.message)
         return client.error_response(err)
     except (BadRequest, thinking.ThinkingError) as exc:
@@ -99,7 +101,7 @@ async def handle(
             attempt.release()  # a stream gives its slot back when it ends
 
 
-def _is_limit(err: RelayError) -> bool:
+def is_limit(err: RelayError) -> bool:
     """A refusal by the key's own limits: nothing reached an upstream, so nothing is logged."""
     return err.status == 429 and err.code.endswith(("_exceeded", "_exhausted"))
 
@@ -117,7 +119,7 @@ async def open_stream(
     try:
         served = await _serve(attempt, client, replace(incoming, stream=True))
     except RelayError as err:
-        if err.status not in (401, 403, 404) and not _is_limit(err):
+        if err.status not in (401, 403, 404) and not is_limit(err):
             attempt.finish(err.status, err.code, err.message)
         attempt.release()
         raise
@@ -131,15 +133,105 @@ async def open_stream(
 
 
 async def _serve(attempt: Attempt, client: ClientDialect, incoming: Incoming) -> HttpResponseBase | Streamed:
-    """Route ``incoming`` and call the upstream: same dialect passes through, others go through the IR."""
-    assert attempt.key is not None
+    """Route ``incoming`` and call upstreams until one answers (see ``_failover``)."""
+    key = attempt.key
+    assert key is not None
     attempt.model, attempt.stream = incoming.model, incoming.stream
     base_model, suffix = _check_model(attempt, incoming.model)
+    if key.system_prompt:
+        payload = system_prompt.inject(client.family, incoming.payload, key.system_prompt)
+        incoming = replace(incoming, payload=payload, edited=True)
     table = await scheduler.table()
     attempt.keepalive = table.keepalive_seconds
-    attempt.route = route = scheduler.choose(table, attempt.key, base_model)
+    attempt.payload_rules = table.payload_rules
+    scope = route_scope(table, key, attempt.namespace)
+    attempt.group_id = scope.group_id if scope else None
+    routes = scheduler.candidates(table, key, base_model, group=scope)
+    if not routes:  # nothing excluded yet, so candidates() raised instead; kept for the contract
+        raise RelayError(404, f"The model '{base_model}' is not available.", code="model_not_found")
     # Limits last: a request refused for its key, model or route consumes no quota (D2).
-    attempt.admission = await limits.admit(attempt.key, str(attempt.request_id))
+    attempt.admission = await limits.admit(key, str(attempt.request_id))
+    target = _Target(table, base_model, scope)
+    return await _failover(attempt, routes, target, lambda: _attempt(attempt, client, incoming, suffix))
+
+
+class _Target(NamedTuple):
+    """What a retry round needs to ask the scheduler again."""
+
+    table: scheduler.RoutingTable
+    model: str
+    scope: scheduler.GroupScope | None
+
+
+async def _failover(
+    attempt: Attempt,
+    routes: list[scheduler.Route],
+    target: _Target,
+    call: Callable[[], Awaitable[HttpResponseBase | Streamed]],
+) -> HttpResponseBase | Streamed:
+    """Try ``routes`` in order until one answers (providers spec §14.3, management D12).
+
+    A failure cools its (channel, model) down; the request's own fault (400, 413, context too
+    long…) stops at once. When a round has tried every candidate, another starts only after a
+    403, 408, 429 or 5xx, at most ``request-retry`` times, after waiting for the first cooling
+    channel when that wait is within ``max-retry-interval``. Nothing has reached the client yet:
+    a stream is committed once its upstream has answered 2xx.
+    """
+    key = attempt.key
+    assert key is not None
+    rounds = 0
+    while True:
+        failure: UpstreamFailed | None = None
+        for route in _capped(routes, target.table.max_retry_credentials):
+            if attempt.finished:  # an earlier attempt of this request is in the log
+                attempt.retry(route)
+            else:
+                attempt.route = route
+            try:
+                served = await call()
+            except UpstreamFailed as err:
+                failure = err
+                await cooldowns.amark_failure(route, err.error)
+                if cooldowns.is_request_scoped(err.error):
+                    raise
+                log.info("attempt %d on channel %s failed (%s)", attempt.number, route.channel.name, err.status)
+                continue
+            await cooldowns.amark_success(route)
+            return served
+        assert failure is not None
+        rounds += 1
+        if rounds > target.table.request_retry or _round_status(failure) not in _RETRY_ROUND_STATUSES:
+            raise failure
+        wait = scheduler.soonest_cooldown(target.table, key, target.model, group=target.scope)
+        if wait is not None:
+            if wait > target.table.max_retry_interval:  # 0: never wait
+                raise failure
+            await asyncio.sleep(wait)
+        try:
+            routes = scheduler.candidates(target.table, key, target.model, group=target.scope)
+        except RelayError:
+            raise failure from None
+        if not routes:
+            raise failure
+
+
+_RETRY_ROUND_STATUSES = frozenset({403, 408, 429, 500, 502, 503, 504})
+
+
+def _round_status(failure: UpstreamFailed) -> int:
+    return failure.error.upstream_status or failure.error.status
+
+
+def _capped(routes: list[scheduler.Route], cap: int) -> list[scheduler.Route]:
+    return routes[:cap] if cap > 0 else routes
+
+
+async def _attempt(
+    attempt: Attempt, client: ClientDialect, incoming: Incoming, suffix: ir.Thinking | None
+) -> HttpResponseBase | Streamed:
+    """One upstream call on ``attempt.route``: same dialect passes through, others go through the IR."""
+    route = attempt.route
+    assert route is not None
     executor = executor_for(route.channel.kind)
     assert executor is not None  # the routing table holds only kinds with an executor
     if executor.family == client.family and suffix is None:
@@ -169,6 +261,28 @@ def _check_model(attempt: Attempt, model: str) -> tuple[str, ir.Thinking | None]
     if not attempt.key.allows_model(model):
         raise RelayError(403, f"model '{model}' is not allowed for this API key", code="model_not_allowed")
     return thinking.parse_suffix(model)
+
+
+def namespace_of(request: HttpRequest) -> str:
+    """The URL namespace before ``/v1`` or ``/v1beta`` (``pro`` in ``/pro/v1/...``), or ""."""
+    return str(getattr(request, "route_namespace", ""))
+
+
+def route_scope(table: scheduler.RoutingTable, key: KeySnapshot, namespace: str) -> scheduler.GroupScope | None:
+    """The group a namespaced URL confines the request to, resolved within the key's team (D16)."""
+    if not namespace:
+        return None
+    scope = scheduler.resolve_group(table, key.team_id, namespace)
+    if scope is None:
+        raise RelayError(404, "channel group route not found", code="route_group_unavailable")
+    if not scheduler.group_allowed(key, scope):
+        raise RelayError(
+            403,
+            "channel group is not allowed for this API key",
+            code="channel_group_forbidden",
+            details={"group": scope.name},
+        )
+    return scope
 
 
 def read_raw(request: HttpRequest, attempt: Attempt) -> bytes:
@@ -225,7 +339,8 @@ async def _passthrough(
     family, upstream_model = executor.family, route.upstream_model
     betas: list[str] = []
     if family == "openai":
-        body = openai_chat.upstream_body(incoming.payload, attempt.request_body, upstream_model)
+        raw = orjson.dumps(incoming.payload) if incoming.edited else attempt.request_body
+        body = openai_chat.upstream_body(incoming.payload, raw, upstream_model)
     elif family == "claude":
         sanitized, betas = anthropic_messages.sanitize_passthrough(incoming.payload, upstream_model, incoming.betas)
         body = orjson.dumps(sanitized)
@@ -234,6 +349,7 @@ async def _passthrough(
     else:
         body = orjson.dumps(openai_responses.codex_body(incoming.payload, upstream_model))
     upstream_stream = incoming.stream or executor.always_stream
+    body = _with_payload_rules(attempt, family, body)
     response = await open_call(attempt, executor.build(route, body, upstream_stream, betas=betas))
     if family == "openai":
         return await _openai_passthrough(attempt, incoming, response)
@@ -420,6 +536,7 @@ async def _translated(
         await media.inline_remote_images(req)
     upstream_stream = incoming.stream or executor.always_stream or family == "claude"
     body, betas = _render_upstream(req, family, route.upstream_model, upstream_stream)
+    body = _with_payload_rules(attempt, family, body)
     response = await open_call(attempt, executor.build(route, body, upstream_stream, betas=betas))
     parser = FAMILY_PARSERS[family](req)
     if incoming.stream:
@@ -439,6 +556,21 @@ async def _translated(
     attempt.usage = answer.usage
     attempt.finish(200)
     return HttpResponse(client.render_response(answer, req), content_type="application/json")
+
+
+def _with_payload_rules(attempt: Attempt, family: str, body: bytes) -> bytes:
+    """``body`` with the config's payload rules applied; untouched (not even parsed) when there are none."""
+    rules, route = attempt.payload_rules, attempt.route
+    if not rules or route is None:
+        return body
+    edited = payload_rules.apply(
+        orjson.loads(body),
+        rules,
+        model=route.upstream_model,
+        protocol=payload_rules.protocol_for_family(family),
+        requested_model=attempt.model,
+    )
+    return orjson.dumps(edited)
 
 
 def _render_upstream(req: ir.Request, family: str, upstream_model: str, stream: bool) -> tuple[bytes, list[str]]:
@@ -475,7 +607,9 @@ async def count_tokens(request: HttpRequest, client: ClientDialect, *, path_mode
         attempt.key = await aresolve_api_key(request)
         incoming = _incoming(request, client, attempt, path_model, "countTokens")
         base_model, _ = _check_model(attempt, incoming.model)
-        route = scheduler.choose(await scheduler.table(), attempt.key, base_model)
+        table = await scheduler.table()
+        scope = route_scope(table, attempt.key, namespace_of(request))
+        route = scheduler.choose(table, attempt.key, base_model, group=scope)
         executor = executor_for(route.channel.kind)
         assert executor is not None
         if client is GEMINI:

@@ -1,8 +1,9 @@
 """URL map: the relay API at the root, the admin at /admin/."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, re_path
 
+from gateway import namespaces
 from gateway.api import api
 
 admin.site.site_header = "CliRelay"
@@ -12,4 +13,5 @@ admin.site.index_title = "Control panel"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", api.urls),
+    re_path(namespaces.NAMESPACED.pattern, namespaces.dispatch, name="namespaced"),
 ]

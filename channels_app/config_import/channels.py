@@ -20,14 +20,16 @@ KEY_CHANNEL_KINDS = (
     ProviderKind.VERTEX_API_KEY,
 )
 _SHARED_KEYS = {"name", "priority", "weight", "prefix", "base-url", "headers", "models", "excluded-models"}
+_SHARED_KEYS |= {"disable-cooling"}
 _CHANNEL_KEYS = _SHARED_KEYS | {"api-key", "proxy-url", "proxy-id"}
 _COMPAT_KEYS = _SHARED_KEYS | {"api-key-entries", "api-keys"}
-# Provider-specific keys kept in Channel.options under their config.yaml names.
+# Keys kept in Channel.options under their config.yaml names: every kind's, then provider-specific ones.
+_SHARED_OPTIONS = ("disable-cooling",)
 _OPTION_KEYS: dict[str, tuple[str, ...]] = {
     ProviderKind.CLAUDE_API_KEY: ("cloak", "skip-anthropic-processing"),
     ProviderKind.CODEX_API_KEY: ("websockets",),
 }
-_MANAGED_OPTIONS = {key for keys in _OPTION_KEYS.values() for key in keys}
+_MANAGED_OPTIONS = {*_SHARED_OPTIONS, *(key for keys in _OPTION_KEYS.values() for key in keys)}
 
 
 def import_channels(run: ImportRun) -> None:
@@ -126,11 +128,16 @@ def _import_key_channel(run: ImportRun, kind: str, index: int, entry: Value) -> 
     values["proxy_url"] = run.proxy_url(entry["proxy-url"])
     values["proxy_id"] = _pool_proxy(run, entry["proxy-id"])
     channel = _find_channel(run, name)
+    run.save("channels", channel, {**values, "options": _options(run, channel, extras, entry)}, entry)
+
+
+def _options(run: ImportRun, channel: Channel, extras: tuple[str, ...], entry: Value) -> dict[str, Any]:
+    """The channel's options: those the file gives, and those it has no key for (set in the admin) kept."""
     options = {key: value for key, value in channel.options.items() if key not in _MANAGED_OPTIONS}
-    for key in extras:
+    for key in (*_SHARED_OPTIONS, *extras):
         if entry[key].present:
             options[key] = _cloak(run, entry[key]) if key == "cloak" else entry[key].flag()
-    run.save("channels", channel, {**values, "options": options}, entry)
+    return options
 
 
 def _cloak(run: ImportRun, value: Value) -> dict[str, Any]:
@@ -161,7 +168,7 @@ def _import_compat_channel(run: ImportRun, index: int, entry: Value) -> None:
     credentials += [(item.text(), "", item) for item in entry["api-keys"].items()]
     values["secret"], values["proxy_url"], _ = credentials[0] if credentials else ("", "", entry)
     channel = _find_channel(run, name)
-    run.save("channels", channel, values, entry)
+    run.save("channels", channel, {**values, "options": _options(run, channel, (), entry)}, entry)
     _replace_extra_keys(run, channel, credentials[1:])
 
 

@@ -26,6 +26,7 @@ _FLAGS = {
 _COUNTS = {
     "request-retry": "request_retry",
     "max-retry-interval": "max_retry_interval",
+    "max-retry-credentials": "max_retry_credentials",  # negative means unlimited in the reference, as 0 does
     "nonstream-keepalive-interval": "nonstream_keepalive_interval",
 }
 _ROUTING_KEYS = ("strategy", "include-default-group", "channel-groups", "path-routes")
@@ -43,6 +44,8 @@ def import_runtime_settings(run: ImportRun) -> None:
         values["proxy_url"] = run.proxy_url(root["proxy-url"])
     values |= {name: root[key].flag() for key, name in _FLAGS.items() if root[key].present}
     values |= {name: run.count(root[key]) for key, name in _COUNTS.items() if root[key].present}
+    if (cooldown := root["transient-error-cooldown-seconds"]).present:
+        values["transient_error_cooldown_seconds"] = _transient_cooldown(cooldown)
     if (streaming := root["streaming"]).present:
         run.check_keys(streaming, ("keepalive-seconds", "bootstrap-retries"))
         values["streaming_keepalive_seconds"] = run.count(streaming["keepalive-seconds"])
@@ -67,6 +70,14 @@ def _strategy(value: Value) -> str:
     if text not in _STRATEGIES:
         raise value.error(f"must be round-robin or fill-first, got '{text}'")
     return _STRATEGIES[text]
+
+
+def _transient_cooldown(value: Value) -> int:
+    """Seconds of cool-down after a 408/5xx: 0 means the default 60 s and -1 none, so less than -1 is a mistake."""
+    seconds = value.integer()
+    if seconds < -1:
+        raise value.error(f"must be -1 (no cool-down), 0 (60 s) or a number of seconds, got {seconds}")
+    return seconds
 
 
 def _oauth_map(run: ImportRun, value: Value, read: Callable[[Value], Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class UpstreamError(Exception):
         retryable: bool = False,
         cooldown_s: float | None = None,
         error_type: str = "upstream_error",
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -39,6 +40,7 @@ class UpstreamError(Exception):
         self.retryable = retryable
         self.cooldown_s = cooldown_s
         self.error_type = error_type
+        self.detail = detail  # the start of the upstream's error body, for the scheduler's judgement
 
 
 class UpstreamTimeout(UpstreamError):
@@ -104,8 +106,9 @@ def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError
     problem, so the client sees 502 with the upstream's message.
     """
     message = message_from_body(body)
+    detail = body[:_DETAIL_BYTES].decode("utf-8", "replace")
     if status in (400, 404, 409, 413, 422):
-        return UpstreamError(status, message, upstream_status=status, error_type="invalid_request_error")
+        return UpstreamError(status, message, upstream_status=status, error_type="invalid_request_error", detail=detail)
     if status == 429:
         return UpstreamError(
             429,
@@ -114,11 +117,19 @@ def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError
             retryable=True,
             cooldown_s=retry_after_seconds(retry_after),
             error_type="rate_limit_exceeded",
+            detail=detail,
         )
     if status in (408, 504):
-        return UpstreamError(504, message, upstream_status=status, retryable=True, error_type="timeout_error")
+        return UpstreamError(
+            504, message, upstream_status=status, retryable=True, error_type="timeout_error", detail=detail
+        )
     relayed = status if 500 < status < 600 else 502
-    return UpstreamError(relayed, message, upstream_status=status, retryable=status in RETRYABLE_STATUSES)
+    return UpstreamError(
+        relayed, message, upstream_status=status, retryable=status in RETRYABLE_STATUSES, detail=detail
+    )
+
+
+_DETAIL_BYTES = 2048
 
 
 class Executor(ABC):

@@ -6,6 +6,7 @@ same file with every commented section uncommented.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
@@ -19,6 +20,7 @@ from accounts.keys import hash_key
 from accounts.models import ApiKey, ChannelGroup, PathRoute, Team
 from channels_app.config_import import ConfigError, ImportReport, import_config
 from channels_app.models import Channel, ChannelKey, ProxyEntry, RuntimeSettings
+from channels_app.scheduler import build_table
 from gateway.encryption import decrypt
 from tests.conftest import Persona
 from usage.models import LogStorageSettings
@@ -309,9 +311,21 @@ def test_unknown_keys_are_reported_not_fatal(db: None) -> None:
 
 @pytest.mark.parametrize(
     ("written", "stored"),
-    [("ff", "fill-first"), ("fillfirst", "fill-first"), ("Fill-First", "fill-first"), ("rr", "round-robin")],
+    [
+        ("fill-first", "fill-first"),
+        ("ff", "fill-first"),
+        ("fillfirst", "fill-first"),
+        ("Fill-First", "fill-first"),
+        ("FF", "fill-first"),
+        ("round-robin", "round-robin"),
+        ("roundrobin", "round-robin"),
+        ("rr", "round-robin"),
+        ('""', "round-robin"),
+    ],
 )
 def test_routing_strategy_aliases_are_accepted(db: None, written: str, stored: str) -> None:
+    RuntimeSettings.objects.create(pk=1, routing_strategy="fill-first" if stored == "round-robin" else "round-robin")
+
     import_config(f"routing:\n  strategy: {written}\n")
 
     assert RuntimeSettings.objects.get().routing_strategy == stored
@@ -432,3 +446,294 @@ def test_a_key_restricted_to_a_channel_prefix_gets_that_implicit_group(db: None)
     assert key.enabled and (group.name, group.match_prefixes) == ("team", ["team"])
     assert list(group.channels.values_list("secret", flat=True)) == ["c"]
     assert import_config(text).changes == 0
+
+
+# --- routing and retry keys, one by one --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "stored"),
+    [
+        ("request-retry: 5", "request_retry", 5),
+        ("max-retry-interval: 12", "max_retry_interval", 12),
+        ("max-retry-credentials: 2", "max_retry_credentials", 2),
+        ("max-retry-credentials: 0", "max_retry_credentials", 0),
+        ("transient-error-cooldown-seconds: 5", "transient_error_cooldown_seconds", 5),
+        ("transient-error-cooldown-seconds: 0", "transient_error_cooldown_seconds", 0),
+        ("transient-error-cooldown-seconds: -1", "transient_error_cooldown_seconds", -1),
+        ("transient-error-cooldown-seconds: 90.0", "transient_error_cooldown_seconds", 90),
+        ("disable-cooling: true", "disable_cooling", True),
+        ("force-model-prefix: true", "force_model_prefix", True),
+        ("streaming:\n  keepalive-seconds: 20", "streaming_keepalive_seconds", 20),
+        ("routing:\n  include-default-group: false", "include_default_group", False),
+    ],
+)
+def test_each_routing_and_retry_key_is_stored(db: None, text: str, field: str, stored: object) -> None:
+    report = import_config(f"api-keys: [k]\n{text}\n")
+
+    assert getattr(RuntimeSettings.objects.get(), field) == stored
+    assert (report.warnings, report.ignored) == ([], [])
+    assert import_config(f"api-keys: [k]\n{text}\n").changes == 0
+
+
+def test_a_negative_retry_count_is_stored_as_zero_with_a_warning(db: None) -> None:
+    report = import_config("request-retry: 1\nmax-retry-credentials: -1\nmax-retry-interval: -5\n")
+
+    fields = ("request_retry", "max_retry_credentials", "max_retry_interval")
+    assert RuntimeSettings.objects.values_list(*fields).get() == (1, 0, 0)
+    assert sorted(report.warnings) == [
+        "line 2: max-retry-credentials is negative; stored as 0",
+        "line 3: max-retry-interval is negative; stored as 0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "transient-error-cooldown-seconds: -2",
+            "transient-error-cooldown-seconds must be -1 (no cool-down), 0 (60 s) or a number of seconds, got -2",
+        ),
+        (
+            "transient-error-cooldown-seconds: soon",
+            "transient-error-cooldown-seconds must be a whole number, got 'soon'",
+        ),
+        ("transient-error-cooldown-seconds: 1.5", "transient-error-cooldown-seconds must be a whole number, got 1.5"),
+        ("transient-error-cooldown-seconds: true", "transient-error-cooldown-seconds must be a whole number, got true"),
+        ("max-retry-credentials: [1]", "max-retry-credentials must be a whole number, got a list"),
+        ("max-retry-credentials: '3'", "max-retry-credentials must be a whole number, got '3'"),
+        ("max-retry-interval: 30s", "max-retry-interval must be a whole number, got '30s'"),
+        ("disable-cooling: 1", "disable-cooling must be true or false, got 1"),
+        ("streaming:\n  keepalive-seconds: x", "streaming.keepalive-seconds must be a whole number, got 'x'"),
+        ("routing:\n  strategy: weighted-round-robin", "routing.strategy must be round-robin or fill-first"),
+    ],
+)
+def test_a_bad_routing_or_retry_value_names_its_line_and_writes_nothing(db: None, text: str, problem: str) -> None:
+    RuntimeSettings.objects.create(pk=1, request_retry=7)
+    before = _snapshot()
+    full_text = f"request-retry: 2\n{text}\n"
+
+    with pytest.raises(ConfigError) as error:
+        import_config(full_text)
+
+    assert str(error.value).startswith(f"line {len(full_text.splitlines())}: {problem}")
+    assert _snapshot() == before
+
+
+def test_max_retry_credentials_and_transient_cooldown_are_no_longer_reported_as_unsupported(db: None) -> None:
+    report = import_config(
+        "max-retry-credentials: 3\ntransient-error-cooldown-seconds: 30\nsave-cooldown-status: true\n"
+    )
+
+    runtime = RuntimeSettings.objects.get()
+    assert (runtime.max_retry_credentials, runtime.transient_error_cooldown_seconds) == (3, 30)
+    assert report.warnings == ["line 3: save-cooldown-status is not supported by CliRelay"]
+
+
+# --- channel entries: prefix, priority, weight, exclusions, disable-cooling --------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "credential"),
+    [
+        ("gemini-api-key", "api-key: k"),
+        ("interactions-api-key", "api-key: k"),
+        ("claude-api-key", "api-key: k"),
+        ("codex-api-key", "api-key: k"),
+        ("vertex-api-key", "api-key: k"),
+        ("openai-compatibility", "api-key-entries: [{api-key: k}]"),
+    ],
+)
+def test_every_channel_kind_keeps_its_routing_fields(db: None, kind: str, credential: str) -> None:
+    text = (
+        f"{kind}:\n  - name: main\n    {credential}\n    prefix: /pro/\n    priority: -3\n    weight: 4\n"
+        "    excluded-models: [gpt-*, '', '*-mini']\n    disable-cooling: true\n"
+    )
+
+    report = import_config(text)
+
+    channel = Channel.objects.get()
+    assert (channel.kind, channel.prefix, channel.priority, channel.weight) == (kind, "pro", -3, 4)
+    assert channel.excluded_models == ["gpt-*", "*-mini"]
+    assert channel.options == {"disable-cooling": True}
+    assert report.warnings == []
+    assert import_config(text).changes == 0
+
+
+@pytest.mark.parametrize(
+    ("entry", "options"),
+    [
+        ("disable-cooling: true", {"thinking": "high", "disable-cooling": True}),
+        ("disable-cooling: false", {"thinking": "high", "disable-cooling": False}),
+        ("name: main", {"thinking": "high"}),  # absent: the reference default, cooling on
+    ],
+)
+def test_disable_cooling_replaces_only_its_own_option(alice: Persona, entry: str, options: dict[str, Any]) -> None:
+    Channel.objects.create(
+        team=alice.team, kind="gemini-api-key", name="main", options={"thinking": "high", "disable-cooling": True}
+    )
+
+    import_config(f"gemini-api-key:\n  - name: main\n    api-key: k\n    {entry}\n", "acme")
+
+    assert Channel.objects.get().options == options
+
+
+def test_a_channels_disable_cooling_reaches_the_scheduler(db: None) -> None:
+    text = (
+        "openai-compatibility:\n"
+        "  - {name: cool, api-key-entries: [{api-key: a}], models: [{name: m}]}\n"
+        "  - {name: hot, api-key-entries: [{api-key: b}], models: [{name: m}], disable-cooling: true}\n"
+    )
+    import_config(text)
+
+    entries = build_table().entries(Team.objects.get().pk, "m")
+    assert {entry.channel.name: entry.channel.disable_cooling for entry in entries} == {"cool": False, "hot": True}
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("prefix: a/b", "gemini-api-key[0].prefix must be one path segment, without '/'"),
+        ("priority: high", "gemini-api-key[0].priority must be a whole number, got 'high'"),
+        ("weight: 1.5", "gemini-api-key[0].weight must be a whole number, got 1.5"),
+        ("excluded-models: gpt-*", "gemini-api-key[0].excluded-models must be a list, got 'gpt-*'"),
+        ("disable-cooling: 'yes'", "gemini-api-key[0].disable-cooling must be true or false, got 'yes'"),
+    ],
+)
+def test_a_bad_channel_field_names_its_line(db: None, entry: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^line 3: {re.escape(problem)}"):
+        import_config(f"gemini-api-key:\n  - api-key: k\n    {entry}\n")
+    assert not Channel.objects.exists()
+
+
+def test_a_negative_weight_is_stored_as_zero_with_a_warning(db: None) -> None:
+    report = import_config("gemini-api-key:\n  - api-key: k\n    weight: -2\n")
+
+    assert Channel.objects.get().weight == 0
+    assert report.warnings == ["line 3: gemini-api-key[0].weight is negative; stored as 0"]
+
+
+def test_force_model_prefix_hides_the_bare_names_of_prefixed_channels(db: None) -> None:
+    channels = (
+        "openai-compatibility:\n  - {name: a, prefix: pro, api-key-entries: [{api-key: a}], models: [{name: m}]}\n"
+    )
+    team_models = {}
+    for flag in ("false", "true"):
+        import_config(f"force-model-prefix: {flag}\n{channels}")
+        team_models[flag] = sorted(build_table().models[Team.objects.get().pk])
+
+    assert team_models == {"false": ["m", "pro/m"], "true": ["pro/m"]}
+
+
+# --- routing groups, path routes and key scopes ------------------------------------------------
+
+
+def test_a_group_collects_the_channels_its_match_rules_name(db: None) -> None:
+    text = (
+        "gemini-api-key:\n  - {name: Paid, api-key: a, prefix: Pro}\n  - {name: Main, api-key: b}\n"
+        "  - {name: other, api-key: c, prefix: free}\n"
+        "routing:\n  channel-groups:\n"
+        "    - {name: Pro Tier, priority: 7, description: Paid, match: {prefixes: [/pro/], channels: [main]}}\n"
+        "    - {name: empty, match: {prefixes: [nothing]}}\n"
+    )
+
+    report = import_config(text)
+
+    group = ChannelGroup.objects.get(slug="pro-tier")
+    assert (group.name, group.priority, group.description) == ("Pro Tier", 7, "Paid")
+    assert (group.match_prefixes, group.match_channels) == (["pro"], ["main"])
+    assert sorted(group.channels.values_list("name", flat=True)) == ["Main", "Paid"]
+    assert ChannelGroup.objects.get(slug="empty").priority == 0
+    assert report.warnings == ["line 8: routing group 'empty' matches no channel"]
+    assert import_config(text).changes == 0
+
+
+@pytest.mark.parametrize(
+    ("route", "stored"),
+    [
+        ("{path: /pro, group: pro}", ("/pro", True, "none")),
+        ("{path: pro/, group: PRO, strip-prefix: false}", ("/pro", False, "none")),
+        ("{path: 'https://host/pro/x', group: pro, fallback: DEFAULT}", ("/pro/x", True, "default")),
+        ("{path: /pro, group: pro, fallback: none}", ("/pro", True, "none")),
+    ],
+)
+def test_path_routes_keep_strip_prefix_and_fallback(db: None, route: str, stored: tuple[Any, ...]) -> None:
+    import_config(f"routing:\n  channel-groups: [{{name: pro}}]\n  path-routes:\n    - {route}\n")
+
+    assert PathRoute.objects.values_list("path", "strip_prefix", "fallback").get() == stored
+    assert PathRoute.objects.get().group.name == "pro"
+
+
+@pytest.mark.parametrize(
+    ("route", "problem"),
+    [
+        ("{path: /pro, group: pro, fallback: other}", r"routing\.path-routes\[0\]\.fallback must be none or default"),
+        ("{path: /pro, group: pro, strip-prefix: 'no'}", r"routing\.path-routes\[0\]\.strip-prefix must be true or"),
+        ("{path: /p r, group: pro}", r"routing\.path-routes\[0\]\.path must be a path such as /pro"),
+    ],
+)
+def test_a_bad_path_route_names_its_line(db: None, route: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^line 4: {problem}"):
+        import_config(f"routing:\n  channel-groups: [{{name: pro}}]\n  path-routes:\n    - {route}\n")
+    assert not PathRoute.objects.exists()
+
+
+def test_a_path_route_to_an_unknown_group_is_reported_and_skipped(db: None) -> None:
+    report = import_config("routing:\n  path-routes:\n    - {path: /pro, group: nowhere}\n")
+
+    assert not PathRoute.objects.exists()
+    assert report.warnings == ["line 3: routing.path-routes[0].group: no routing group named 'nowhere'"]
+
+
+def test_a_key_scoped_to_existing_groups_and_channels_stays_enabled(db: None) -> None:
+    text = (
+        "codex-api-key: [{name: Team A Codex, api-key: c}, {name: spare, api-key: d}]\n"
+        "routing:\n  channel-groups: [{name: pro, match: {channels: [spare]}}]\n"
+        "api-key-entries:\n"
+        "  - {key: sk-a, name: A, allowed-channel-groups: [PRO], allowed-channels: [team a codex, gone]}\n"
+        "  - {key: sk-b, name: B, allowed-channel-groups: [], allowed-channels: []}\n"
+    )
+
+    report = import_config(text)
+
+    scoped, open_key = ApiKey.objects.get(name="A"), ApiKey.objects.get(name="B")
+    assert scoped.enabled and open_key.enabled
+    assert list(scoped.allowed_channel_groups.values_list("name", flat=True)) == ["pro"]
+    assert list(scoped.allowed_channels.values_list("name", flat=True)) == ["Team A Codex"]
+    assert not open_key.allowed_channel_groups.exists() and not open_key.allowed_channels.exists()
+    assert report.warnings == ["line 5: api-key-entries[0].allowed-channels[1]: no channel named 'gone'"]
+    assert import_config(text).changes == 0
+
+
+# --- payload rules -----------------------------------------------------------------------------
+
+
+def test_payload_rules_are_stored_as_written_and_a_new_payload_replaces_the_old(db: None) -> None:
+    first = "payload:\n  default:\n    - {models: [{name: 'gemini-*'}], params: {a.b: 1}}\n  filter: []\n"
+    second = "payload:\n  filter:\n    - {models: [{name: m, protocol: openai}], params: [x, y]}\n"
+
+    import_config(first)
+    after_first = RuntimeSettings.objects.get().payload_rules
+    import_config(second)
+
+    assert after_first == {"default": [{"models": [{"name": "gemini-*"}], "params": {"a.b": 1}}], "filter": []}
+    assert RuntimeSettings.objects.get().payload_rules == {
+        "filter": [{"models": [{"name": "m", "protocol": "openai"}], "params": ["x", "y"]}]
+    }
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        (
+            "default:\n    - {models: [{protocol: gemini}], params: {a: 1}}",
+            r"3: payload\.default\[0\]\.models needs a name",
+        ),
+        ("filter:\n    - {models: [{name: m}], params: {a: 1}}", r"3: payload\.filter\[0\]\.params must be a list"),
+        ("override: {models: []}", r"2: payload\.override must be a list"),
+    ],
+)
+def test_a_bad_payload_rule_names_its_line(db: None, section: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^line {problem}"):
+        import_config(f"payload:\n  {section}\n")
+    assert not RuntimeSettings.objects.exists()

@@ -17,7 +17,7 @@ import pytest
 from pytest_django.fixtures import Settings
 
 from channels_app import transport
-from channels_app.models import Channel, ProviderKind
+from channels_app.models import Channel, ProviderKind, RuntimeSettings
 from tests.conftest import Persona
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.fakes.server import ThreadedServer
@@ -104,7 +104,12 @@ def gateway_server() -> Iterator[Gateway]:
 
 @pytest.fixture
 def gateway(gateway_server: Gateway, upstream: FakeOpenAIUpstream) -> Iterator[Gateway]:
-    """The gateway; afterwards it is idle, its usage rows are written, and it never answered 500."""
+    """The gateway; afterwards it is idle, its usage rows are written, and it never answered 500.
+
+    A failed upstream is not waited for (``max_retry_interval`` 0) so that a test of one refusal
+    sees it at once; the failover tests set their own retry settings.
+    """
+    RuntimeSettings.objects.update_or_create(pk=1, defaults={"max_retry_interval": 0})
     first = len(gateway_server.watch.statuses)
     yield gateway_server
     upstream.reset()  # let go of held upstream handlers so the requests behind them finish

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def keepalive_every_second(db: None) -> None:
-    RuntimeSettings.objects.create(streaming_keepalive_seconds=1)
+    RuntimeSettings.objects.update_or_create(pk=1, defaults={"streaming_keepalive_seconds": 1})
 
 
 def _read_until(lines, marker: str, limit: int = 200) -> list[str]:

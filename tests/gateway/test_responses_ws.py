@@ -15,7 +15,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from channels_app.models import Channel, ProviderKind
+from channels_app import cooldowns
+from channels_app.models import Channel, ProviderKind, RuntimeSettings
 from gateway.responses_ws import SseData
 from tests.conftest import Persona
 from tests.fakes.fixtures import (  # noqa: F401
@@ -66,6 +67,7 @@ def _rows_written() -> Iterator[None]:
 
 @pytest.fixture
 def codex_channel(alice: Persona, responses_upstream: FakeResponsesUpstream) -> Channel:  # noqa: F811
+    RuntimeSettings.objects.update_or_create(pk=1, defaults={"max_retry_interval": 0})  # refusals come back at once
     return Channel.objects.create(
         team=alice.team,
         kind=ProviderKind.CODEX_API_KEY,
@@ -375,6 +377,7 @@ def test_after_a_failed_turn_the_retry_continues_from_the_last_good_response(
         send(ws, again)
         [failed] = turn(ws)
         responses_upstream.reset()
+        _wait_out_cooldown(codex_channel)  # the 429 cooled the channel for the first backoff step (1 s)
         send(ws, again)
         retried = turn(ws)
 
@@ -382,6 +385,12 @@ def test_after_a_failed_turn_the_retry_continues_from_the_last_good_response(
     assert retried[-1]["type"] == "response.completed"
     output = without_ids(first[-1]["response"]["output"])
     assert responses_upstream.last.json["input"] == [user("One"), *output, user("Two")]
+
+
+def _wait_out_cooldown(channel: Channel) -> None:
+    deadline = time.monotonic() + 5
+    while cooldowns.cooling(channel.id, UPSTREAM_MODEL) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def test_charlie_cannot_reach_alices_model_over_the_socket(
