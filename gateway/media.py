@@ -16,7 +16,6 @@ import socket
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import httpx
 from django.conf import settings
 
 from channels_app import transport
@@ -52,21 +51,26 @@ async def _inline(image: ir.Image) -> None:
     await _check_address(url)
     limit = settings.CLIRELAY_MEDIA_MAX_BYTES
     try:
-        async with transport.client_for("").stream(
-            "GET", url, timeout=settings.CLIRELAY_MEDIA_TIMEOUT, follow_redirects=False
-        ) as response:
-            if response.status_code != 200:
-                raise _fail(url, f"it answered HTTP {response.status_code}")
-            media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            if not media_type.startswith("image/"):
-                raise _fail(url, f"it is {media_type or 'untyped'}, not an image")
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > limit:
-                    raise _fail(url, f"it is larger than {limit} bytes")
-    except httpx.HTTPError as exc:
+        response = await transport.open_response(
+            "GET", url, headers={"Accept": "image/*"}, body=b"", timeout_s=settings.CLIRELAY_MEDIA_TIMEOUT
+        )
+    except transport.ConnectError as exc:
         raise _fail(url, type(exc).__name__) from None
+    try:
+        if response.status_code != 200:
+            raise _fail(url, f"it answered HTTP {response.status_code}")
+        media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not media_type.startswith("image/"):
+            raise _fail(url, f"it is {media_type or 'untyped'}, not an image")
+        data = bytearray()
+        async for chunk in response.aiter_raw():
+            data += chunk
+            if len(data) > limit:
+                raise _fail(url, f"it is larger than {limit} bytes")
+    except transport.ReadError as exc:
+        raise _fail(url, type(exc).__name__) from None
+    finally:
+        await response.aclose()
     image.data, image.media_type = base64.b64encode(bytes(data)).decode(), media_type
 
 

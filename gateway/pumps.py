@@ -15,7 +15,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
@@ -23,6 +22,7 @@ from accounts.access import KeySnapshot
 from accounts.limits import Admission
 from channels_app import scheduler, transport
 from channels_app.executors.base import UpstreamCall, UpstreamError, UpstreamTimeout, UpstreamUnreachable, classify
+from channels_app.transport import ReadError, ReadTimeout, UpstreamResponse
 from gateway import ir
 from gateway.client_dialects import Parser, Renderer
 from gateway.errors import RelayError
@@ -136,16 +136,16 @@ class Attempt:
         )
 
 
-async def send(call: UpstreamCall) -> httpx.Response:
+async def send(call: UpstreamCall) -> UpstreamResponse:
     """Open the upstream response (headers read, body not yet), mapping transport failures."""
-    client = transport.client_for(call.proxy_url)
-    request = client.build_request(call.method, call.url, headers=call.headers, content=call.body, params=call.params)
     try:
-        return await client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"upstream timed out: {type(exc).__name__}") from None
-    except httpx.HTTPError as exc:
-        raise UpstreamUnreachable(f"upstream unreachable: {exc or type(exc).__name__}") from None
+        return await transport.open_response(
+            call.method, call.url, headers=call.headers, body=call.body, params=call.params, proxy_url=call.proxy_url
+        )
+    except transport.ConnectTimeout as exc:
+        raise UpstreamTimeout(str(exc)) from None
+    except transport.ConnectError as exc:
+        raise UpstreamUnreachable(str(exc)) from None
 
 
 class UpstreamFailed(RelayError):
@@ -168,7 +168,7 @@ class UpstreamRejection(UpstreamFailed):
         self.upstream_status = err.upstream_status
 
 
-async def open_call(attempt: Attempt, call: UpstreamCall) -> httpx.Response:
+async def open_call(attempt: Attempt, call: UpstreamCall) -> UpstreamResponse:
     """Send ``call``; on a transport failure or an error status, record the attempt (keeping the
     request's limits slot: the caller may try another channel) and raise ``UpstreamFailed``."""
     try:
@@ -185,23 +185,23 @@ async def open_call(attempt: Attempt, call: UpstreamCall) -> httpx.Response:
     raise UpstreamRejection(rejected, body, response.headers.get("content-type", "application/json"))
 
 
-async def _read_quietly(response: httpx.Response) -> bytes:
+async def _read_quietly(response: UpstreamResponse) -> bytes:
     try:
         return await response.aread()
-    except httpx.HTTPError:
+    except ReadError:
         return b""
     finally:
         await response.aclose()
 
 
-async def read_all(attempt: Attempt, response: httpx.Response) -> bytes:
+async def read_all(attempt: Attempt, response: UpstreamResponse) -> bytes:
     """The whole upstream body of a non-stream answer."""
     try:
         body = await response.aread()
-    except httpx.TimeoutException:
+    except ReadTimeout:
         attempt.finish(504, "timeout_error", "upstream timed out while answering")
         raise RelayError(504, "upstream timed out while answering", code="upstream_error") from None
-    except httpx.HTTPError as exc:
+    except ReadError as exc:
         attempt.finish(502, "upstream_error", f"upstream response cut off: {exc}")
         raise RelayError(502, "upstream response was cut off", code="upstream_error") from None
     finally:
@@ -211,7 +211,7 @@ async def read_all(attempt: Attempt, response: httpx.Response) -> bytes:
     return body
 
 
-async def read_events(attempt: Attempt, response: httpx.Response, parser: Parser) -> ir.Aggregator:
+async def read_events(attempt: Attempt, response: UpstreamResponse, parser: Parser) -> ir.Aggregator:
     """A streamed upstream answer folded into one response (for non-stream clients)."""
     aggregate = ir.Aggregator()
     try:
@@ -224,9 +224,9 @@ async def read_events(attempt: Attempt, response: httpx.Response, parser: Parser
         events = parser.finish()
         attempt.track(events)
         aggregate.feed(events)
-    except httpx.TimeoutException:
+    except ReadTimeout:
         aggregate.error = ir.StreamError(504, "upstream timed out mid-answer", "timeout_error")
-    except httpx.HTTPError as exc:
+    except ReadError as exc:
         aggregate.error = ir.StreamError(502, f"upstream answer cut off: {exc or type(exc).__name__}", "upstream_error")
     finally:
         await response.aclose()
@@ -236,7 +236,7 @@ async def read_events(attempt: Attempt, response: httpx.Response, parser: Parser
 SSE_KEEPALIVE = b": keep-alive\n\n"
 
 
-async def upstream_chunks(response: httpx.Response, keepalive: float = 0) -> AsyncIterator[bytes | None]:
+async def upstream_chunks(response: UpstreamResponse, keepalive: float = 0) -> AsyncIterator[bytes | None]:
     """The upstream body as it arrives; with ``keepalive`` > 0, ``None`` after each quiet interval.
 
     The pending read is never cancelled by the timer (that would break the connection): the
@@ -277,7 +277,7 @@ def streaming_response(body: AsyncIterator[bytes], content_type: str) -> Streami
 
 async def pump_translated(
     attempt: Attempt,
-    response: httpx.Response,
+    response: UpstreamResponse,
     parser: Parser,
     renderer: Renderer,
     keepalive: float = 0,
@@ -300,7 +300,7 @@ async def pump_translated(
         if out:
             attempt.capture(out)
             yield out
-    except httpx.HTTPError as exc:
+    except ReadError as exc:
         error = outcome.cut_off(exc)
         yield renderer.feed(error) + renderer.finish()
     finally:
@@ -320,7 +320,7 @@ def _render(attempt: Attempt, events: list[ir.Event], renderer: Renderer, outcom
 
 async def pump_passthrough(
     attempt: Attempt,
-    response: httpx.Response,
+    response: UpstreamResponse,
     parser: Parser,
     transform: Callable[[bytes], bytes] | None = None,
     tail: Callable[[], bytes] | None = None,
@@ -351,7 +351,7 @@ async def pump_passthrough(
             yield error_frame(outcome.error)
         if tail is not None:
             yield tail()
-    except httpx.HTTPError as exc:
+    except ReadError as exc:
         error = outcome.cut_off(exc)
         if error_frame is not None and outcome.error is None:
             yield error_frame(error)
@@ -392,8 +392,8 @@ class _Outcome:
         else:
             self.status, self.error_type, self.message = 200, "", ""
 
-    def cut_off(self, exc: httpx.HTTPError) -> ir.StreamError:
-        timeout = isinstance(exc, httpx.TimeoutException)
+    def cut_off(self, exc: ReadError) -> ir.StreamError:
+        timeout = isinstance(exc, ReadTimeout)
         status = 504 if timeout else 502
         message = (
             "upstream stream stalled past the read timeout"

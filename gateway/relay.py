@@ -15,7 +15,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-import httpx
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -26,6 +25,7 @@ from accounts.access import KeySnapshot, aresolve_api_key
 from channels_app import cooldowns, scheduler
 from channels_app.executors.base import Executor
 from channels_app.executors.registry import executor_for
+from channels_app.transport import ReadError, ReadTimeout, UpstreamResponse
 from gateway import ir, media, payload_rules, system_prompt, thinking, tokens
 from gateway.client_dialects import (
     FAMILY_MODULES,
@@ -415,7 +415,7 @@ def _responses_error_frame(
 
 
 async def _openai_passthrough(
-    attempt: Attempt, incoming: Incoming, response: httpx.Response
+    attempt: Attempt, incoming: Incoming, response: UpstreamResponse
 ) -> HttpResponseBase | Streamed:
     is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
     if incoming.stream and is_sse:
@@ -430,7 +430,7 @@ async def _openai_passthrough(
 
 
 async def _relay_openai_stream(
-    attempt: Attempt, response: httpx.Response, relay: openai_chat.StreamRelay
+    attempt: Attempt, response: UpstreamResponse, relay: openai_chat.StreamRelay
 ) -> AsyncGenerator[bytes, None]:
     """OpenAI → OpenAI: forward whole SSE events as they come; the relay reads usage on the way."""
     status, error_type, message = 499, "client_disconnected", "client closed the connection"
@@ -454,8 +454,8 @@ async def _relay_openai_stream(
         if relay.upstream_error is not None:
             status, error_type = 502, "upstream_error"
             message = str(relay.upstream_error.get("message", "upstream error in stream"))
-    except httpx.HTTPError as exc:
-        timeout = isinstance(exc, httpx.TimeoutException)
+    except ReadError as exc:
+        timeout = isinstance(exc, ReadTimeout)
         status, error_type = (504, "timeout_error") if timeout else (502, "upstream_error")
         message = "upstream stream stalled" if timeout else f"upstream stream cut off: {exc or type(exc).__name__}"
         yield openai_chat.stream_error_event(message, error_type, "upstream_error")

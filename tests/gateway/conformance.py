@@ -171,29 +171,22 @@ class _PngHandler(BaseHTTPRequestHandler):
         pass
 
 
-class _ToFake(httpx.AsyncBaseTransport):
+def _to_fake(target: str) -> Callable[[str], str]:
     """Sends requests for api.anthropic.com to the fake Claude upstream instead (the network is off limits)."""
 
-    def __init__(self, target: str) -> None:
-        self.target = httpx.URL(target)
-        self.inner = httpx.AsyncHTTPTransport()
+    def rewrite(url: str) -> str:
+        return url.replace("https://api.anthropic.com", target, 1)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.host == "api.anthropic.com":
-            request.url = request.url.copy_with(scheme="http", host=self.target.host, port=self.target.port)
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    return rewrite
 
 
 @pytest.fixture
 def first_party_claude(route: Route) -> Iterator[Any]:
     """A Claude channel on ``https://api.anthropic.com``, whose traffic lands on the fake Claude upstream."""
     fake = route("claude", base_url="https://api.anthropic.com")
-    transport.use_transport(lambda proxy: _ToFake(fake.url))
+    transport.use_rewrite(_to_fake(fake.url))
     yield fake
-    transport.use_transport(None)
+    transport.use_rewrite(None)
 
 
 # --- the raw wire ---------------------------------------------------------------------------

@@ -164,6 +164,6 @@ def http(gateway: Gateway) -> Iterator[httpx.Client]:
 def short_read_timeout(settings: Settings) -> Iterator[float]:
     """Upstream reads time out after half a second (clients are rebuilt to pick it up)."""
     settings.CLIRELAY_UPSTREAM_READ_TIMEOUT = 0.5
-    transport.use_transport(None)
+    transport.reset()
     yield 0.5
-    transport.use_transport(None)  # the next client is built with the restored setting
+    transport.reset()  # the next session is built with the restored setting
