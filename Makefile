@@ -5,7 +5,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8317
 PY      = $(VENV)/bin/python
 
-.PHONY: run test lint typecheck worker beat clean bench-translate bench-limits
+.PHONY: run test lint typecheck worker beat clean bench-translate bench-limits bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench-translate: $(VENV)/.installed
 ## bench-limits: latency admit() adds per request (no limits / in process / Redis); table + bench/results/limits.json
 bench-limits: $(VENV)/.installed
 	$(VENV)/bin/python bench/limits.py
+
+## bench: CliRelay (daphne/uvicorn/granian) vs LiteLLM vs Portkey, wrk, one fake upstream; table + bench/results/compare.{json,png}
+bench:
+	test -x .cache/bench/venv/bin/python || $(PYTHON) -m venv .cache/bench/venv
+	.cache/bench/venv/bin/python -m pip install --quiet -r requirements.txt -r bench/requirements.txt
+	.cache/bench/venv/bin/python bench/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles .mypy_cache .ruff_cache .pytest_cache

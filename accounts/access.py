@@ -23,6 +23,7 @@ from django.utils import timezone
 from accounts.keys import hash_key
 from channels_app.models import wildcard_match
 from gateway.errors import RelayError
+from gateway.fastpath import closes_old_connections
 
 _NEGATIVE_TTL = 5.0
 _MAX_ENTRIES = 100_000
@@ -133,6 +134,7 @@ async def aresolve_raw_key(raw: str) -> KeySnapshot:
     return snapshot
 
 
+@closes_old_connections  # no request_finished closes them on the fast path
 def _load(digest: str) -> KeySnapshot | None:
     from accounts.models import ApiKey
 

@@ -91,6 +91,7 @@ from accounts.local_limits import (
     needs_quota,
 )
 from gateway.errors import RelayError
+from gateway.fastpath import closes_old_connections
 
 if TYPE_CHECKING:
     from usage.models import RequestLog
@@ -469,6 +470,7 @@ def forget_counters(sender: Any, instance: Any, update_fields: Iterable[str] | N
 # --- the database side ------------------------------------------------------------------------
 
 
+@closes_old_connections  # no request_finished closes them on the fast path
 def load_usage(key_id: int, since: dt.datetime) -> Usage:
     """A key's counters as the database knows them; ``today`` counts client requests since ``since``."""
     from accounts.models import ApiKeyUsageCounter

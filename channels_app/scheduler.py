@@ -38,6 +38,7 @@ from channels_app import cooldowns
 from channels_app.executors.registry import supported_kinds
 from channels_app.models import DEFAULT_BASE_URLS, Channel, RuntimeSettings, wildcard_match
 from gateway.errors import RelayError
+from gateway.fastpath import closes_old_connections
 
 DEFAULT_GROUP = "default"
 
@@ -166,6 +167,7 @@ async def table() -> RoutingTable:
 # --- building the table -----------------------------------------------------------------------
 
 
+@closes_old_connections  # no request_finished closes them on the fast path
 def build_table() -> RoutingTable:
     """Read every enabled channel the relay can speak to, the groups and the path routes."""
     runtime = RuntimeSettings.load()

@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP goes to Django, WebSocket to Channels consumers.
+"""ASGI entry point: HTTP goes to Django (the relay URLs through gateway.fastpath), WebSocket to Channels consumers.
 
 The relay's sockets authenticate with an API key, never a cookie, so a cross-site page gains nothing
 a browser would add for it and they skip the Origin check (Codex CLI sends no Origin); the staff
@@ -17,12 +17,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from gateway.fastpath import RelayFastPath  # noqa: E402
 from gateway.routing import websocket_urlpatterns as relay_websocket_urlpatterns  # noqa: E402
 from usage.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": RelayFastPath(django_asgi_app),
         "websocket": URLRouter(
             [
                 *relay_websocket_urlpatterns,

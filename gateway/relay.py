@@ -107,7 +107,12 @@ def is_limit(err: RelayError) -> bool:
 
 
 async def open_stream(
-    key: KeySnapshot, incoming: Incoming, *, path: str, client: ClientDialect = OPENAI_RESPONSES
+    key: KeySnapshot,
+    incoming: Incoming,
+    *,
+    path: str,
+    client: ClientDialect = OPENAI_RESPONSES,
+    namespace: str = "",
 ) -> AsyncGenerator[bytes, None]:
     """One streamed generation for a caller that is not an HTTP view (the Responses WebSocket).
 
@@ -115,7 +120,9 @@ async def open_stream(
     ``RelayError`` (recorded when an upstream was tried); otherwise the iterator yields the client
     dialect's SSE bytes and records the attempt when it ends or is closed.
     """
-    attempt = Attempt(dialect=client.name, path=path, key=key, request_body=orjson.dumps(incoming.payload))
+    attempt = Attempt(
+        dialect=client.name, path=path, key=key, request_body=orjson.dumps(incoming.payload), namespace=namespace
+    )
     try:
         served = await _serve(attempt, client, replace(incoming, stream=True))
     except RelayError as err:
@@ -612,6 +619,8 @@ async def count_tokens(request: HttpRequest, client: ClientDialect, *, path_mode
         route = scheduler.choose(table, attempt.key, base_model, group=scope)
         executor = executor_for(route.channel.kind)
         assert executor is not None
+        # A count is a request of the key like any other (management spec D7): its limits apply.
+        attempt.admission = await limits.admit(attempt.key, str(attempt.request_id))
         if client is GEMINI:
             req = gemini.parse_count_tokens_request(incoming.payload, incoming.model)
         else:
@@ -627,6 +636,8 @@ async def count_tokens(request: HttpRequest, client: ClientDialect, *, path_mode
         return client.error_response(err)
     except (BadRequest, thinking.ThinkingError) as exc:
         return client.error_response(RelayError(400, str(exc), code="invalid_request"))
+    finally:
+        attempt.release()
 
 
 async def _upstream_count(executor: Executor, route: scheduler.Route, req: ir.Request) -> int | None:

@@ -223,8 +223,9 @@ class ResponsesSocket(AsyncWebsocketConsumer):
     worker: asyncio.Future[None] | None = None
 
     async def connect(self) -> None:
+        self.credential = credential_from_scope(self.scope)
         try:
-            self.key = await aresolve_raw_key(credential_from_scope(self.scope))
+            self.key = await aresolve_raw_key(self.credential)
         except RelayError as err:
             await self.accept()
             await self.send(text_data=error_frame(err))
@@ -277,11 +278,16 @@ class ResponsesSocket(AsyncWebsocketConsumer):
             self.conversation.finished(request, outcome.response_id, outcome.output)
 
     async def _stream(self, request: dict[str, Any]) -> TurnOutcome | None:
-        """Run one turn upstream, sending each event as a frame; None when it failed before streaming."""
-        assert self.key is not None
+        """Run one turn upstream, sending each event as a frame; None when it failed before streaming.
+
+        The key is looked up again for every turn (from the process's key cache), so a socket opened
+        before the key was disabled, expired, used up its quota or lost a model serves no more turns.
+        """
         incoming = Incoming(request, request["model"], True, codex_client=self.codex_client)
+        namespace = str(self.scope.get("url_route", {}).get("kwargs", {}).get("namespace") or "")
         try:
-            stream = await relay.open_stream(self.key, incoming, path=self.scope["path"])
+            self.key = await aresolve_raw_key(self.credential)
+            stream = await relay.open_stream(self.key, incoming, path=self.scope["path"], namespace=namespace)
         except RelayError as err:
             await self.send(text_data=error_frame(err))
             return None

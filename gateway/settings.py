@@ -159,6 +159,8 @@ CLIRELAY_ROUTES_CACHE_SECONDS = env.float("CLIRELAY_ROUTES_CACHE_SECONDS", defau
 CLIRELAY_UPSTREAM_CONNECT_TIMEOUT = env.float("CLIRELAY_UPSTREAM_CONNECT_TIMEOUT", default=10.0)
 CLIRELAY_UPSTREAM_READ_TIMEOUT = env.float("CLIRELAY_UPSTREAM_READ_TIMEOUT", default=600.0)
 CLIRELAY_MAX_BODY_BYTES = env.int("CLIRELAY_MAX_BODY_BYTES", default=32 * 1024 * 1024)
+# The relay URLs skip Django's middleware and request signals (gateway/fastpath.py); off: all through Django.
+CLIRELAY_FAST_PATH = env.bool("CLIRELAY_FAST_PATH", default=True)
 CLIRELAY_RECORDER_BATCH = env.int("CLIRELAY_RECORDER_BATCH", default=500)
 CLIRELAY_RECORDER_INTERVAL = env.float("CLIRELAY_RECORDER_INTERVAL", default=0.2)
 # A concurrency slot is given back when its response ends, or after this long (accounts/limits.py).

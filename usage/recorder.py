@@ -157,7 +157,10 @@ class Recorder:
             return
         finally:
             close_old_connections()
-        channel_stats.apply_batch(events)  # per-channel counters and latency; never raises
+        try:
+            channel_stats.apply_batch(events)  # per-channel counters and latency; never raises
+        finally:
+            close_old_connections()  # CONN_MAX_AGE=0: the drainer must not keep a connection between batches
         self.written += len(events)
         self._pending = []
 
