@@ -7,4 +7,4 @@ COPY . .
 RUN SECRET_KEY=build CLIRELAY_ENCRYPTION_KEY=$(python -c 'from cryptography.fernet import Fernet;print(Fernet.generate_key().decode())') \
     API_KEY_PEPPER=build python manage.py collectstatic --noinput -v 0
 EXPOSE 8317
-CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py bootstrap && exec daphne -b 0.0.0.0 -p 8317 --proxy-headers gateway.asgi:application"]
+CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py bootstrap && exec python manage.py serve --host 0.0.0.0 --port 8317"]

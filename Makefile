@@ -19,13 +19,14 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/pyth
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
-## run: install, migrate, collect static files, bootstrap the admin, serve HTTP + WebSocket with Daphne
+## run: install, migrate, collect static files, bootstrap the admin, serve HTTP + WebSocket
+##      (uvicorn; SERVER=daphne for Daphne; see manage.py serve)
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v 0
 	$(PY) manage.py bootstrap
-	@echo "CliRelay on http://$(HOST):$(PORT)  (admin: http://$(HOST):$(PORT)/admin/)"
-	exec $(VENV)/bin/daphne -b $(HOST) -p $(PORT) --proxy-headers gateway.asgi:application
+	@echo "admin: http://$(HOST):$(PORT)/admin/"
+	HOST=$(HOST) PORT=$(PORT) exec $(PY) manage.py serve
 
 ## test: install dev requirements, lint, type-check, run the whole suite
 test: $(VENV)/.installed-dev lint typecheck

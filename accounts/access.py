@@ -1,13 +1,15 @@
 """The only road from a raw client key to tenant objects: ``aresolve_api_key()`` (``aresolve_raw_key()``).
 
-Keys are looked up by HMAC in a short-lived in-process cache, so the request path makes no
-database call for a key it has seen in the last ``CLIRELAY_KEY_CACHE_SECONDS``. Saving or
+Keys are looked up by HMAC in an in-process cache, so the request path makes no database call for
+a key it has seen before: an entry older than ``CLIRELAY_KEY_CACHE_SECONDS`` is still served while
+one background read refreshes it, and concurrent first requests for a key share one read. Saving or
 deleting a key clears the cache of the process that saved it; other processes see the change
 when their entry expires.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import time
@@ -76,7 +78,12 @@ _cache: dict[str, tuple[float, KeySnapshot | None]] = {}
 
 def invalidate() -> None:
     """Forget every cached key (called when keys change)."""
+    global _generation
+    _generation += 1
     _cache.clear()
+
+
+_generation = 0  # bumped by invalidate(): a read that started before a change is not cached
 
 
 def credential_from(request: HttpRequest) -> str:
@@ -117,21 +124,63 @@ async def aresolve_raw_key(raw: str) -> KeySnapshot:
     if not raw:
         raise RelayError(401, "Missing API key", code="missing_api_key")
     digest = hash_key(raw)
-    now = time.monotonic()
     hit = _cache.get(digest)
-    if hit is None or hit[0] < now:
-        snapshot = await sync_to_async(_load)(digest)
-        if len(_cache) >= _MAX_ENTRIES:
-            _cache.clear()
-        ttl = settings.CLIRELAY_KEY_CACHE_SECONDS if snapshot else _NEGATIVE_TTL
-        _cache[digest] = (now + ttl, snapshot)
+    if hit is None or (hit[1] is None and hit[0] < time.monotonic()):
+        snapshot = await _load_once(digest)
     else:
         snapshot = hit[1]
+        if hit[0] < time.monotonic():
+            _refresh_later(digest)  # serve what we know; the next requests get the fresh copy
     if snapshot is None or not hmac.compare_digest(snapshot.key_hash, digest) or not snapshot.enabled:
         raise RelayError(401, "Invalid API key", code="invalid_api_key")
     if snapshot.expires_at is not None and snapshot.expires_at <= timezone.now():
         raise RelayError(401, "API key has expired", code="api_key_expired")
     return snapshot
+
+
+_loading: dict[tuple[int, str], asyncio.Future[KeySnapshot | None]] = {}
+
+
+async def _load_once(digest: str) -> KeySnapshot | None:
+    """Load a key into the cache; concurrent requests for the same key share one database read."""
+    flight = (id(asyncio.get_running_loop()), digest)
+    pending = _loading.get(flight)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future: asyncio.Future[KeySnapshot | None] = asyncio.get_running_loop().create_future()
+    _loading[flight] = future
+    generation = _generation
+    try:
+        snapshot = await sync_to_async(_load)(digest)
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: waiters re-raise it, nobody else must log it
+        raise
+    finally:
+        _loading.pop(flight, None)
+    if generation == _generation:
+        _remember(digest, snapshot)
+    future.set_result(snapshot)
+    return snapshot
+
+
+def _refresh_later(digest: str) -> None:
+    """Reload an expired key in the background (once), so no request waits for the database."""
+    if (id(asyncio.get_running_loop()), digest) in _loading:
+        return
+    task = asyncio.get_running_loop().create_task(_load_once(digest))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[KeySnapshot | None]] = set()
+
+
+def _remember(digest: str, snapshot: KeySnapshot | None) -> None:
+    if len(_cache) >= _MAX_ENTRIES:
+        _cache.clear()
+    ttl = settings.CLIRELAY_KEY_CACHE_SECONDS if snapshot else _NEGATIVE_TTL
+    _cache[digest] = (time.monotonic() + ttl, snapshot)
 
 
 @closes_old_connections  # no request_finished closes them on the fast path

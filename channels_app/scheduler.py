@@ -20,6 +20,7 @@ mirror, which ``table()`` refreshes at most once a second.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import time
@@ -154,14 +155,38 @@ def reset_state() -> None:
 
 
 async def table() -> RoutingTable:
-    """The current routing table, with the cool-down mirror brought up to date (≤ 1 round trip / s)."""
+    """The current routing table, with the cool-down mirror brought up to date (≤ 1 round trip / s).
+
+    A table this process knows to be stale (a change saved here) is rebuilt before answering; one
+    that is merely old (changes other processes may have saved) is served while a background task
+    rebuilds it, so no request waits for the database.
+    """
     global _table, _dirty
     current = _table
-    if current is None or _dirty or time.monotonic() - current.built_at > settings.CLIRELAY_ROUTES_CACHE_SECONDS:
+    if current is None or _dirty:
         _dirty = False
         current = _table = await sync_to_async(build_table)()
+    elif time.monotonic() - current.built_at > settings.CLIRELAY_ROUTES_CACHE_SECONDS:
+        _rebuild_later()
     await cooldowns.arefresh()
     return current
+
+
+_rebuilding: set[asyncio.Task[None]] = set()
+
+
+def _rebuild_later() -> None:
+    if not _rebuilding:
+        task = asyncio.get_running_loop().create_task(_rebuild())
+        _rebuilding.add(task)
+        task.add_done_callback(_rebuilding.discard)
+
+
+async def _rebuild() -> None:
+    global _table
+    fresh = await sync_to_async(build_table)()
+    if not _dirty:  # a change saved meanwhile: the next request rebuilds from the newer state
+        _table = fresh
 
 
 # --- building the table -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
+from urllib.request import getproxies
 
 import aiohttp
 from django.conf import settings
@@ -76,7 +77,9 @@ def _build(proxy_url: str) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout(),
-        trust_env=not direct and not proxy_url,
+        # The environment's proxy settings, when a channel names none; trusting the environment costs
+        # aiohttp a thread hop and two scans of os.environ per request, so only when it sets a proxy.
+        trust_env=not direct and not proxy_url and bool(getproxies()),
         auto_decompress=True,
         cookie_jar=aiohttp.DummyCookieJar(),
     )

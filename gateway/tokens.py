@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-import bpe_openai
 import orjson
 
 from gateway import ir
@@ -21,6 +20,9 @@ from gateway import ir
 
 @lru_cache(maxsize=4)
 def _encoding(name: str) -> Any:
+    # Imported on first use: the tables take about 60 MB, and most processes never count locally.
+    import bpe_openai
+
     return bpe_openai.get_encoding(name)
 
 

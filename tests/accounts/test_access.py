@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -11,6 +12,7 @@ from django.utils import timezone
 
 from accounts import access
 from accounts.keys import generate_key, hash_key
+from accounts.models import ApiKey
 from gateway.encryption import mask
 from gateway.errors import RelayError
 
@@ -78,3 +80,32 @@ def test_a_cached_key_is_served_without_touching_the_database(alice, django_asse
     resolve(request)
     with django_assert_num_queries(0):
         resolve(request)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_concurrent_first_requests_for_a_key_share_one_database_read(alice, monkeypatch) -> None:
+    reads = []
+    real_load = access._load
+    monkeypatch.setattr(access, "_load", lambda digest: reads.append(digest) or real_load(digest))
+    request = rf.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {alice.raw_key}")
+
+    snapshots = await asyncio.gather(*(access.aresolve_api_key(request) for _ in range(20)))
+
+    assert {s.id for s in snapshots} == {alice.key.pk}
+    assert len(reads) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_expired_entry_is_served_while_one_background_read_refreshes_it(alice, monkeypatch, settings) -> None:
+    settings.CLIRELAY_KEY_CACHE_SECONDS = 0
+    request = rf.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {alice.raw_key}")
+    await access.aresolve_api_key(request)
+    # Renamed behind this process's back (no signal): the cached copy still has the old name.
+    await ApiKey.objects.filter(pk=alice.key.pk).aupdate(name="renamed elsewhere")
+
+    stale = await access.aresolve_api_key(request)
+    await asyncio.gather(*access._background)  # the one refresh the stale answer started
+    fresh = await access.aresolve_api_key(request)
+    await asyncio.gather(*access._background)
+
+    assert (stale.name, fresh.name) == (alice.key.name, "renamed elsewhere")

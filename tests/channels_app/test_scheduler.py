@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 
 from accounts.access import KeySnapshot
 from accounts.models import ChannelGroup, PathRoute
@@ -148,6 +149,23 @@ def test_the_routing_table_is_rebuilt_when_a_channel_changes(alice) -> None:
     rebuilt = async_to_sync(scheduler.table)()
     assert rebuilt is not table
     assert scheduler.choose(rebuilt, _key(alice), "new-model").upstream_model == "new-model"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_old_table_is_served_while_a_background_task_rebuilds_it(alice, settings) -> None:
+    await sync_to_async(_channel)(alice.team, "a")
+    settings.CLIRELAY_ROUTES_CACHE_SECONDS = 0
+    table = await scheduler.table()
+    # Changed behind this process's back (no signal), as another gateway process would.
+    await Channel.objects.filter(name="a").aupdate(served_models=[{"name": "from-elsewhere"}])
+
+    served_meanwhile = await scheduler.table()
+    await asyncio.gather(*scheduler._rebuilding)
+    rebuilt = await scheduler.table()
+
+    assert served_meanwhile is table
+    assert scheduler.choose(rebuilt, _key(alice), "from-elsewhere").upstream_model == "from-elsewhere"
+    await asyncio.gather(*scheduler._rebuilding)
 
 
 # --- candidates: tiers, strategies, cool-downs ------------------------------------------------
