@@ -6,8 +6,13 @@ sockets, authenticated by the session cookie, keep it.
 """
 
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
+
+# The usage recorder's thread shares the GIL with the event loop: hand it back every 0.5 ms rather
+# than every 5 ms, so a batch insert never holds a relayed request up for long (p99 latency).
+sys.setswitchinterval(0.0005)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 django_asgi_app = get_asgi_application()
