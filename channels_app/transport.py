@@ -14,6 +14,7 @@ host to a local fake with ``use_rewrite()``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.request import getproxies
@@ -181,4 +182,15 @@ def use_rewrite(rewrite: Rewrite | None) -> None:
 
 def reset() -> None:
     """Forget every session, so that the next call builds one with the current settings (tests)."""
+    _sessions.clear()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close the pooled connections at exit (their event loops are gone by then, so synchronously)."""
+    for session in list(_sessions.values()):
+        connector = session.connector
+        session.detach()
+        if connector is not None:
+            connector.close()  # closes the sockets now; the returned awaitable has nothing left to do
     _sessions.clear()
