@@ -268,6 +268,10 @@ class ResponsesSocket(AsyncWebsocketConsumer):
             await self.send(text_data=error_frame(RelayError(400, str(exc), code="invalid_request")))
             return
         if frame.get("generate") is False:
+            refusal = await self._prewarm_refusal(str(request.get("model") or ""))
+            if refusal is not None:
+                await self.send(text_data=error_frame(refusal))
+                return
             response_id = f"resp_prewarm_{uuid.uuid4().hex}"
             for event in prewarm_events(response_id, request["model"]):
                 await self.send(text_data=orjson.dumps(event).decode())
@@ -276,6 +280,16 @@ class ResponsesSocket(AsyncWebsocketConsumer):
         outcome = await self._stream(request)
         if outcome is not None and outcome.finished:
             self.conversation.finished(request, outcome.response_id, outcome.output)
+
+    async def _prewarm_refusal(self, model: str) -> RelayError | None:
+        """Why a pre-warm (answered here, no upstream) is refused: the key or its allowed models."""
+        try:
+            self.key = await aresolve_raw_key(self.credential)
+        except RelayError as err:
+            return err
+        if not self.key.allows_model(model):
+            return RelayError(403, f"model '{model}' is not allowed for this API key", code="model_not_allowed")
+        return None
 
     async def _stream(self, request: dict[str, Any]) -> TurnOutcome | None:
         """Run one turn upstream, sending each event as a frame; None when it failed before streaming.

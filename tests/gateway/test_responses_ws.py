@@ -440,3 +440,19 @@ def test_sse_events_become_their_data_whatever_the_chunking() -> None:
         '{"b":\n2}',
         '{"tail": true}',
     ]
+
+
+def test_a_pre_warm_for_a_model_the_key_may_not_use_is_refused(
+    ws_gateway: str,
+    alice: Persona,
+    codex_channel: Channel,
+    responses_upstream: FakeResponsesUpstream,  # noqa: F811
+) -> None:
+    alice.key.allowed_models = ["other-*"]
+    alice.key.save()
+    with socket(ws_gateway, alice.raw_key) as ws:
+        send(ws, {"type": "response.create", "model": MODEL, "input": [user("Hi")], "generate": False})
+        [refused] = turn(ws)
+
+    assert (refused["status"], refused["error"]["code"]) == (403, "model_not_allowed")
+    assert responses_upstream.requests == []
