@@ -54,7 +54,7 @@ bench-translate: $(VENV)/.installed
 bench-limits: $(VENV)/.installed
 	$(VENV)/bin/python bench/limits.py
 
-## bench: CliRelay (daphne/uvicorn/granian) vs LiteLLM vs Portkey, wrk, one fake upstream; table + bench/results/compare.{json,png}
+## bench: CliRelay (uvicorn = make run, daphne, granian) vs LiteLLM vs Portkey, wrk, one fake upstream; table + bench/results/compare.{json,png}
 bench:
 	test -x .cache/bench/venv/bin/python || $(PYTHON) -m venv .cache/bench/venv
 	.cache/bench/venv/bin/python -m pip install --quiet -r requirements.txt -r bench/requirements.txt

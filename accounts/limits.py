@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import redis
@@ -92,9 +92,6 @@ from accounts.local_limits import (
 )
 from gateway.errors import RelayError
 from gateway.fastpath import closes_old_connections
-
-if TYPE_CHECKING:
-    from usage.models import RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +150,22 @@ class Admission:
 
 
 NO_LIMITS = Admission(None, 0, "", via_redis=False)
+
+
+class StoredAttempt(Protocol):
+    """What ``accrue_batch`` reads of a stored attempt (a ``RequestLog`` row is one)."""
+
+    @property
+    def api_key_id(self) -> int | None: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def total_tokens(self) -> int: ...
+
+    @property
+    def cost(self) -> Decimal: ...
 
 
 @dataclass(slots=True)
@@ -286,7 +299,7 @@ class Limiter:
 
     # --- accrual (the usage recorder's drainer thread) ---------------------------------------
 
-    def accrue_batch(self, logs: Iterable[RequestLog]) -> None:
+    def accrue_batch(self, logs: Iterable[StoredAttempt]) -> None:
         """Add a stored batch of attempts to the counters of their keys. Never raises.
 
         ``total_requests`` grows by the client requests (attempt 1 of each ``request_id``, D2);
@@ -447,7 +460,7 @@ async def admit(key: KeySnapshot, request_id: str | UUID) -> Admission:
     return await default_limiter().admit(key, request_id)
 
 
-def accrue_batch(logs: Iterable[RequestLog]) -> None:
+def accrue_batch(logs: Iterable[StoredAttempt]) -> None:
     """Add a batch of stored attempts to their keys' counters (the usage recorder calls this). Never raises."""
     try:
         default_limiter().accrue_batch(logs)
