@@ -29,6 +29,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,41 @@ class PeakRss:
         self.peak = max(self.peak, self.target.rss_mb())
 
 
+class PeakBacklog:
+    """Samples a CliRelay target's usage-recorder backlog (``/healthz``) every 0.2 s in a thread."""
+
+    def __init__(self, target: Target) -> None:
+        self.url = target.url.split("/v1/", 1)[0] + "/healthz" if target.database is not None else ""
+        self.peak: int | None = None
+        self.last: int | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def read(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as answer:
+                backlog = int(json.load(answer)["recorder"]["backlog"])
+        except (OSError, ValueError, KeyError):
+            return
+        self.last = backlog
+        self.peak = backlog if self.peak is None else max(self.peak, backlog)
+
+    def sample(self) -> None:
+        while not self.done.wait(0.2):
+            self.read()
+
+    def __enter__(self) -> PeakBacklog:
+        if self.url:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.url:
+            self.done.set()
+            self.thread.join()
+            self.read()
+
+
 @contextlib.contextmanager
 def upstream_on_target_core(bench: Bench, target: Target) -> Iterator[None]:
     """While ``direct`` is measured the upstream is the target, so it gets the target's core."""
@@ -140,9 +176,10 @@ def measure_round(bench: Bench, target: Target, outcome: report.Outcome) -> repo
     errors = answered = 0
     with upstream_on_target_core(bench, target), PeakRss(target) as rss:
         cpu_before = target.cpu_seconds()
-        for c in concurrencies:
-            run = run_load(bench.wrk, target.name, request(target), c, args.duration, bench.load_core)
-            rps[c], errors, answered = run.rps, errors + run.errors, answered + run.requests
+        with PeakBacklog(target) as backlog:
+            for c in concurrencies:
+                run = run_load(bench.wrk, target.name, request(target), c, args.duration, bench.load_core)
+                rps[c], errors, answered = run.rps, errors + run.errors, answered + run.requests
         cpu = target.cpu_seconds() - cpu_before
         latency = run_load(bench.wrk, target.name, request(target), 1, args.duration, bench.load_core)
         ttft = asyncio.run(measure_ttft(request(target, stream=True), args.ttft_requests))
@@ -155,6 +192,8 @@ def measure_round(bench: Bench, target: Target, outcome: report.Outcome) -> repo
         ttft_ms=ttft.p50_ms,
         cpu_s_per_1k=cpu / answered * 1000 if answered else None,
         rss_mb=rss.peak,
+        backlog_peak=backlog.peak,
+        backlog_end=backlog.last,
     )
 
 

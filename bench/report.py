@@ -21,6 +21,8 @@ class Round:
     ttft_ms: float | None
     cpu_s_per_1k: float | None
     rss_mb: float  # peak while under load
+    backlog_peak: int | None = None  # usage rows queued in the gateway, most seen during the load runs
+    backlog_end: int | None = None  # and right after them
 
 
 @dataclass
@@ -65,6 +67,10 @@ class Outcome:
         row["streams_stalled"] = self.streams.stalled if self.streams else None
         row["streams_first_byte_max_s"] = self.streams.max_ttft_s if self.streams else None
         row["rows_lost"] = self.rows_lost
+        peaks = [r.backlog_peak for r in self.rounds if r.backlog_peak is not None]
+        ends = [r.backlog_end for r in self.rounds if r.backlog_end is not None]
+        row["backlog_peak"] = max(peaks) if peaks else None
+        row["backlog_end"] = max(ends) if ends else None
         return row
 
 
@@ -83,6 +89,7 @@ COLUMNS = [  # (header, summary key, format)
     ("str wait s", "streams_first_byte_max_s", "{:.1f}"),
     ("errors", "errors", "{}"),
     ("rows lost", "rows_lost", "{}"),
+    ("queue max", "backlog_peak", "{}"),
 ]
 
 
@@ -168,6 +175,8 @@ def checks(main: str, cross: str | None, summaries: dict[str, dict[str, Any]], c
         at_most("slow streams: RSS <= 300 MB", row.get("streams_rss_mb"), 300, "{:.0f} MB"),
         at_most("slow streams: none stalled", row.get("streams_stalled"), 0, "{} stalled"),
         at_most("usage rows lost == 0", row.get("rows_lost"), 0, "{} lost"),
+        # No growth: what is queued when the load stops is at most a few batches' worth.
+        at_most("recorder queue after load <= 2000", row.get("backlog_end"), 2000, "{} queued"),
     ]
     if cross:
         found += [

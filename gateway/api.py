@@ -21,6 +21,7 @@ from gateway import images, relay
 from gateway.client_dialects import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES, ClientDialect
 from gateway.dialects import gemini
 from gateway.errors import RelayError
+from usage.recorder import recorder
 
 api = NinjaAPI(title="CliRelay", urls_namespace="relay", docs_url=None, openapi_url=None)
 v1 = Router(tags=["OpenAI and Anthropic compatible"])
@@ -34,12 +35,14 @@ def _json(data: Any, status: int = 200) -> HttpResponse:
 
 @api.get("/healthz", include_in_schema=False)
 async def healthz(request: HttpRequest) -> HttpResponse:
-    """200 when the database answers, 503 when it does not."""
+    """200 when the database answers, 503 when it does not; with the usage recorder's backlog (rows
+    accepted and not yet written: steady under load, growing when the database cannot keep up)."""
+    usage = {"backlog": recorder.backlog(), "written": recorder.written, "failures": recorder.failures}
     try:
         await sync_to_async(_ping_database)()
     except Exception as exc:  # any database failure means unhealthy, whatever its type
-        return _json({"status": "error", "database": str(exc)}, status=503)
-    return HttpResponse(b'{"status":"ok","database":"ok"}', content_type="application/json")
+        return _json({"status": "error", "database": str(exc), "recorder": usage}, status=503)
+    return _json({"status": "ok", "database": "ok", "recorder": usage})
 
 
 def _ping_database() -> None:

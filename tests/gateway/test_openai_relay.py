@@ -517,4 +517,7 @@ def test_healthz_answers_200(http: httpx.Client) -> None:
     response = http.get("/healthz")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok"}
+    answer = response.json()
+    assert (answer["status"], answer["database"]) == ("ok", "ok")
+    assert set(answer["recorder"]) == {"backlog", "written", "failures"}
+    assert answer["recorder"]["backlog"] >= 0
