@@ -1,6 +1,6 @@
 """``manage.py serve``: the production server command behind ``make run`` and the container.
 
-uvicorn (uvloop event loop, httptools parser, websockets) by default; Daphne with ``SERVER=daphne``.
+uvicorn (uvloop event loop, httptools parser, the websockets library) by default; Daphne with ``SERVER=daphne``.
 Both serve the same ASGI application, HTTP and WebSocket alike. uvicorn is the default because it
 relays about a third more requests per second than Daphne for the same CPU (bench/README.md: 534
 against 397 req/s at 8 concurrent clients, 1.48 against 1.94 CPU seconds per 1,000 requests), and
@@ -42,7 +42,7 @@ def server_argv(server: str, host: str, port: int, *, access_log: bool = False, 
         "--http",
         "httptools",
         "--ws",
-        "websockets",
+        "websockets-sansio",
         "--lifespan",
         "off",  # the ASGI router serves http and websocket only
         "--proxy-headers",
@@ -58,6 +58,7 @@ def server_argv(server: str, host: str, port: int, *, access_log: bool = False, 
 
 class Command(BaseCommand):
     help = "Serve HTTP and WebSocket on HOST:PORT with uvicorn (default) or Daphne (SERVER=daphne)."
+    requires_system_checks: list[str] = []  # migrate and bootstrap have just run them (make run)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--server", choices=SERVERS, default=os.environ.get("SERVER", "uvicorn") or "uvicorn")
