@@ -11,8 +11,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from django.http import StreamingHttpResponse
@@ -29,6 +30,7 @@ from gateway.errors import RelayError
 from usage.recorder import UsageEvent, record
 
 log = logging.getLogger(__name__)
+_NO_RULES: Mapping[str, Any] = MappingProxyType({})
 _MAX_CAPTURE = 1024 * 1024  # response bytes kept for the log, per attempt
 
 
@@ -54,7 +56,7 @@ class Attempt:
     admission: Admission | None = None  # the key's limits, taken for this request
     keepalive: float = 0  # seconds of upstream silence before a keep-alive goes to the client
     number: int = 1  # 1 for the first upstream tried, 2 for the first failover, …
-    payload_rules: dict[str, Any] = field(default_factory=dict)  # applied to every upstream body
+    payload_rules: Mapping[str, Any] = field(default_factory=lambda: _NO_RULES)  # applied to upstream bodies
     namespace: str = ""  # the URL's group namespace (``pro`` in ``/pro/v1/...``), if any
     group_id: int | None = None  # the explicit routing group the request was confined to
 

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import zstandard
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import (
     DEFAULT_DB_ALIAS,
     DataError,
@@ -146,10 +147,11 @@ class RowWriter:
             )
             self._ids_params = [meta.db_table]
         else:
-            raise NotImplementedError(f"the usage recorder writes to SQLite or PostgreSQL, not {conn.vendor}")
+            raise ImproperlyConfigured(f"CliRelay stores usage in SQLite or PostgreSQL, not {conn.vendor}")
         body_fields = RequestBody._meta.concrete_fields
         if [f.attname for f in body_fields] != ["log_id", "request", "response", "size"]:
-            raise NotImplementedError("RowWriter.insert does not know RequestBody's fields")
+            # A migration changed RequestBody: this writer must learn the new columns first.
+            raise ImproperlyConfigured("the usage writer's RequestBody columns no longer match the model")
         self._prep_request = partial(body_fields[1].get_db_prep_save, connection=conn)
         self._prep_response = partial(body_fields[2].get_db_prep_save, connection=conn)
         columns = [qn(f.column) for f in body_fields]

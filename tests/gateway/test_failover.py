@@ -160,12 +160,10 @@ def test_a_cooling_channel_gets_no_request_until_its_cool_down_ends(
     _openai_channel(alice, upstream, "flaky-openai", "gpt-up", priority=10)
     _claude_channel(alice, claude_upstream)
     claude_upstream.reply(HEALTHY)
-    upstream.fail(429, "Rate limit reached", type_="rate_limit_error", headers={"retry-after": "2"})
+    upstream.fail(429, "Rate limit reached", type_="rate_limit_error", headers={"retry-after": "4"})
 
     cooled_at = time.monotonic()
     answers = [_chat(gateway, alice.raw_key, stream=False) for _ in range(4)]
-    if time.monotonic() - cooled_at >= 1.8:
-        pytest.skip("the machine was too slow to send four requests inside the 2 s cool-down")
     assert answers == [HEALTHY] * 4
     assert len(upstream.requests) == 1  # only the request that earned the cool-down
     assert len(claude_upstream.requests) == 4
@@ -173,7 +171,7 @@ def test_a_cooling_channel_gets_no_request_until_its_cool_down_ends(
     upstream.reset()
     upstream.script.api_key = SECRET
     upstream.reply("The first channel is back.")
-    time.sleep(max(0.0, 2.1 - (time.monotonic() - cooled_at)))
+    time.sleep(max(0.0, 4.1 - (time.monotonic() - cooled_at)))
     assert _chat(gateway, alice.raw_key, stream=False) == "The first channel is back."
     assert len(upstream.requests) == 1
 
