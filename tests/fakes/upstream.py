@@ -390,14 +390,14 @@ class FakeUpstream:
                 await self._hold()
                 return  # released by reset(): drop the connection
             if script.error_after is not None and index >= script.error_after:
+                recorded.events_sent += 1  # counted before the write: a client that has read it sees it counted
                 await send({"type": "http.response.body", "body": error_frame(index), "more_body": False})
-                recorded.events_sent += 1
                 return
             if script.cut_off_after is not None and index >= script.cut_off_after:
                 # Returning with the body unfinished makes uvicorn drop the connection.
                 return
-            await send({"type": "http.response.body", "body": event, "more_body": True})
             recorded.events_sent += 1
+            await send({"type": "http.response.body", "body": event, "more_body": True})
             if index == hold_at and script.gate is not None:
                 await script.gate.wait()
             elif script.chunk_delay:
