@@ -167,3 +167,21 @@ def short_read_timeout(settings: Settings) -> Iterator[float]:
     transport.reset()
     yield 0.5
     transport.reset()  # the next session is built with the restored setting
+
+
+class WebSocketServer(ThreadedServer):
+    """``ThreadedServer`` with uvicorn's WebSocket protocol switched on (it serves plain HTTP by default)."""
+
+    def __init__(self, app: Any, *, name: str) -> None:
+        super().__init__(app, name=name)
+        self._server.config.ws = "websockets-sansio"
+
+
+@pytest.fixture(scope="module")
+def ws_gateway() -> Iterator[str]:
+    """The gateway's ``ws://`` root (one server per test module)."""
+    from gateway.asgi import application
+
+    server = WebSocketServer(application, name="gateway-ws").start()
+    yield server.url.replace("http://", "ws://")
+    server.stop()

@@ -260,3 +260,16 @@ def tokens_of(row: RequestLog) -> dict[str, int]:
         "cached": row.cached_tokens,
         "reasoning": row.reasoning_tokens,
     }
+
+
+def wait_for_row(timeout: float = 10.0, **filters: Any) -> RequestLog:
+    """The first usage row matching ``filters``; the request that makes it may still be finishing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        recorder.flush()
+        row = RequestLog.objects.filter(**filters).first()
+        if row is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert row is not None, f"no usage row matching {filters}"
+    return row

@@ -258,23 +258,6 @@ def assert_served(response: httpx.Response, endpoint: Endpoint) -> None:
 # --- the Responses WebSocket --------------------------------------------------------------------
 
 
-class WebSocketServer(ThreadedServer):
-    """``ThreadedServer`` with uvicorn's WebSocket protocol on (the ``gateway`` fixture serves HTTP only)."""
-
-    def __init__(self, app: Any, *, name: str) -> None:
-        super().__init__(app, name=name)
-        self._server.config.ws = "websockets-sansio"
-
-
-@pytest.fixture(scope="module")
-def ws_gateway() -> Iterator[str]:
-    from gateway.asgi import application
-
-    server = WebSocketServer(application, name="gateway-ws-bypass").start()
-    yield server.url.replace("http://", "ws://")
-    server.stop()
-
-
 WS_TERMINAL = frozenset(("response.completed", "response.incomplete", "response.failed", "error"))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ from tests.conftest import Persona
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.fakes.server import ThreadedServer
 from tests.gateway.conftest import CLIENT_MODEL, UPSTREAM_MODEL, Gateway
-from usage import recorder
-from usage.models import RequestLog
+from tests.gateway.openai_clients_support import wait_for_row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,19 +43,6 @@ def started_paths() -> Iterator[list[str]]:
 
 def _auth(persona: Persona) -> dict[str, str]:
     return {"Authorization": f"Bearer {persona.raw_key}"}
-
-
-def _row(timeout: float = 10.0, **filters: Any) -> RequestLog:
-    """The first usage row matching ``filters``; the request that makes it may still be finishing."""
-    deadline = time.monotonic() + timeout
-    while True:
-        recorder.flush()
-        row = RequestLog.objects.filter(**filters).first()
-        if row is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert row is not None, f"no usage row matching {filters}"
-    return row
 
 
 @pytest.mark.parametrize(
@@ -126,7 +111,7 @@ def test_a_stream_reaches_the_client_chunk_by_chunk(
         rest = [line for line in lines if line]
 
     assert rest[-1] == "data: [DONE]"
-    assert _row(status_code=200).stream is True
+    assert wait_for_row(status_code=200).stream is True
 
 
 def test_a_client_that_hangs_up_mid_stream_leaves_a_499_row_and_gives_its_slot_back(
@@ -141,7 +126,7 @@ def test_a_client_that_hangs_up_mid_stream_leaves_a_499_row_and_gives_its_slot_b
         assert next(response.iter_lines()).startswith("data: {")
     # Leaving the block closes the connection with the body unread.
 
-    row = _row(status_code=499)
+    row = wait_for_row(status_code=499)
     assert (row.error_type, row.stream, row.upstream_model) == ("client_disconnected", True, UPSTREAM_MODEL)
     upstream.reset()  # streams are no longer held
     again = http.post("/v1/chat/completions", json=CHAT, headers=_auth(alice))
@@ -221,7 +206,7 @@ def test_namespaced_urls_take_the_fast_path_into_their_group(
     models = http.get("/pro/v1/models", headers=_auth(alice))
 
     assert inside.status_code == 200 and upstream.last.json["model"] == UPSTREAM_MODEL
-    assert _row(status_code=200).group_id == group.pk
+    assert wait_for_row(status_code=200).group_id == group.pk
     assert (nowhere.status_code, nowhere.json()["error"]["code"]) == (404, "route_group_unavailable")
     assert [m["id"] for m in models.json()["data"]] == [CLIENT_MODEL]
     assert started_paths == []

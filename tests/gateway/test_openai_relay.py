@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import httpx
 import openai
@@ -22,6 +20,7 @@ from tests.conftest import Persona
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.fakes.server import free_port
 from tests.gateway.conftest import CLIENT_MODEL, UPSTREAM_MODEL, UPSTREAM_SECRET, Gateway
+from tests.gateway.openai_clients_support import wait_for_row
 from usage import recorder
 from usage.models import RequestLog
 
@@ -47,19 +46,6 @@ def logged_rows(gateway: Gateway) -> Callable[[], list[RequestLog]]:
         return list(RequestLog.objects.order_by("id"))
 
     return rows
-
-
-def wait_for_row(timeout: float = 10.0, **filters: Any) -> RequestLog:
-    """The first row matching ``filters``; the request that makes it may still be finishing."""
-    deadline = time.monotonic() + timeout
-    while True:
-        recorder.flush()
-        row = RequestLog.objects.filter(**filters).first()
-        if row is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert row is not None, f"no usage row matching {filters}"
-    return row
 
 
 def stored_bodies(row: RequestLog) -> tuple[bytes, bytes]:

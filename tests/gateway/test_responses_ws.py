@@ -29,7 +29,6 @@ from tests.fakes.fixtures import (  # noqa: F401
 )
 from tests.fakes.gemini_upstream import FakeGeminiUpstream
 from tests.fakes.responses_upstream import FakeResponsesUpstream
-from tests.fakes.server import ThreadedServer
 from tests.fakes.upstream import ToolCall
 from usage import recorder
 from usage.models import RequestLog
@@ -39,24 +38,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MODEL = "codex-test"
 UPSTREAM_MODEL = "gpt-5-codex"
 TERMINAL = frozenset(("response.completed", "response.incomplete", "response.failed", "error"))
-
-
-class WebSocketServer(ThreadedServer):
-    """``ThreadedServer`` with uvicorn's WebSocket protocol switched on (it serves plain HTTP by default)."""
-
-    def __init__(self, app: Any, *, name: str) -> None:
-        super().__init__(app, name=name)
-        self._server.config.ws = "websockets-sansio"
-
-
-@pytest.fixture(scope="module")
-def ws_gateway() -> Iterator[str]:
-    """The gateway's ``ws://`` root."""
-    from gateway.asgi import application
-
-    server = WebSocketServer(application, name="gateway-ws").start()
-    yield server.url.replace("http://", "ws://")
-    server.stop()
 
 
 @pytest.fixture(autouse=True)
