@@ -51,7 +51,7 @@ def _table(channels: int) -> scheduler.RoutingTable:
             headers={},
             priority=i % 3,
             group_ids=frozenset(),
-            credentials=(("sk", ""),),
+            credentials=(("sk", "", str(i)),),
         )
         entries.append(scheduler.Entry(snap, "gpt-up", "gpt"))
     table.models[1] = {"gpt": entries}
@@ -85,6 +85,7 @@ class _Route:
     def __init__(self, channel_id: int, model: str) -> None:
         self.channel = scheduler.ChannelSnapshot(channel_id, 1, "", "", "", {}, 0, frozenset(), ())
         self.upstream_model = model
+        self.credential = str(channel_id)
 
 
 def run(channels: int, cooling: int, redis_url: str) -> list[tuple[str, float]]:

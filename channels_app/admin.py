@@ -74,7 +74,6 @@ class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
         "kind",
         "enabled",
         "priority",
-        "weight",
         "prefix",
         masked("secret"),
         "success_count",
@@ -93,7 +92,7 @@ class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
         (None, {"fields": ("team", "kind", "name", "enabled", "notes")}),
         ("Upstream", {"fields": ("base_url", "secret", "headers", "proxy", "proxy_url")}),
         ("Models", {"fields": ("prefix", "served_models", "excluded_models")}),
-        ("Routing", {"fields": ("priority", "weight", "groups")}),
+        ("Routing", {"fields": ("priority", "groups")}),
         ("Options", {"fields": ("options",)}),
         ("Dates", {"fields": ("created_at", "updated_at")}),
     )

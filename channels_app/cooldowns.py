@@ -1,13 +1,18 @@
-"""Which (channel, upstream model) pairs are cooling down after a failure, shared by every process.
+"""Which (credential, upstream model) pairs are cooling down after a failure, shared by every process.
+
+A credential is one upstream key: a channel's own (id ``"12"``) or one of its extra keys (``"12k3"``,
+``api-key-entries`` of an OpenAI-compatible provider), so a 429 on one key leaves the others in use.
 
 ``mark_failure(route, err)`` applies the cool-down table of the providers spec (§14.2): 401/402/403
 suspend the pair for 30 min, 404 for 12 h, 429 until the upstream's retry-after or an exponential
 backoff (1 s, 2 s, 4 s … capped at 30 min, the level remembered per pair), 408/5xx and other
 statuses for ``transient-error-cooldown-seconds`` (0 = 60 s, -1 = none); request-scoped errors
-(400/409/413/422, context-length and similar codes) never cool anything. A deadline is never
-shortened by a later, shorter penalty. ``mark_success(route)`` clears the pair.
+(400/409/413/422, context-length and similar codes) never cool anything. An error the executor
+marks credential-scoped (Claude's unified 5 h / 7 d windows, §5.4) cools every model of the
+credential to the same deadline. A deadline is never shortened by a later, shorter penalty.
+``mark_success(route)`` clears the pair.
 
-Storage. With ``REDIS_URL`` each pair is a Redis string ``relay:cd:{channel}:{model}`` holding
+Storage. With ``REDIS_URL`` each pair is a Redis string ``relay:cd:{credential}:{model}`` holding
 "<deadline> <backoff level>", kept until 30 min past its deadline so the level survives, and a
 sorted set ``relay:cd`` indexes the pairs by deadline. A write is one Lua script. Without Redis the
 same state lives in this process only (correct for a single process).
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import threading
 import time
 import weakref
@@ -41,8 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Pair = tuple[int, str]
-WHOLE_CHANNEL = "*"  # the model of a pair that cools every model of a channel
+Pair = tuple[str, str]  # (credential, upstream model)
+WHOLE_CREDENTIAL = "*"  # the model of a pair that cools every model of a credential
+_CREDENTIAL = re.compile(r"\d+(?:k\d+)?")
 
 SUSPENDED_SECONDS = 30 * 60  # 401, 402, 403, invalid_grant
 NOT_FOUND_SECONDS = 12 * 60 * 60  # 404, "model not supported"
@@ -90,6 +97,9 @@ class RouteLike(Protocol):
     def upstream_model(self) -> str: ...
 
     @property
+    def credential(self) -> str: ...
+
+    @property
     def channel(self) -> ChannelLike: ...
 
 
@@ -117,7 +127,7 @@ def penalty_for(err: UpstreamError, *, transient_seconds: int = 0) -> Penalty | 
     """The cool-down an upstream failure earns (§14.2), or None when the request itself was at fault."""
     status = err.upstream_status or err.status
     text = f"{err.message} {err.detail}".lower()
-    if status < 400 or status == 499:
+    if status < 400 or status == 499 or err.scope == "request":
         return None
     if status in (400, 401) and "invalid_grant" in text:
         return Penalty("unauthorized", SUSPENDED_SECONDS)
@@ -221,16 +231,17 @@ class CooldownStore:
 
     # --- reading: no I/O ---------------------------------------------------------------------
 
-    def cooling(self, channel_id: int, model: str) -> float | None:
-        """Seconds until ``model`` on ``channel_id`` may be used again, or None when it may now."""
+    def cooling(self, credential: str | int, model: str) -> float | None:
+        """Seconds until ``model`` on ``credential`` may be used again, or None when it may now."""
         deadlines = self._deadlines
         if not deadlines:
             return None
-        until = max(deadlines.get((channel_id, model), 0.0), deadlines.get((channel_id, WHOLE_CHANNEL), 0.0))
+        credential = str(credential)
+        until = max(deadlines.get((credential, model), 0.0), deadlines.get((credential, WHOLE_CREDENTIAL), 0.0))
         remaining = until - self.clock()
         return remaining if remaining > 0 else None
 
-    def cooling_check(self) -> Callable[[int, str], bool] | None:
+    def cooling_check(self) -> Callable[[str, str], bool] | None:
         """A fast "is this pair cooling now?" test for one selection (one clock read), or None when
         nothing is known at all, so the caller can skip per-candidate lookups."""
         deadlines = self._deadlines
@@ -238,9 +249,10 @@ class CooldownStore:
             return None
         now = self.clock()
 
-        def check(channel_id: int, model: str) -> bool:
+        def check(credential: str, model: str) -> bool:
             return (
-                deadlines.get((channel_id, model), 0.0) > now or deadlines.get((channel_id, WHOLE_CHANNEL), 0.0) > now
+                deadlines.get((credential, model), 0.0) > now
+                or deadlines.get((credential, WHOLE_CREDENTIAL), 0.0) > now
             )
 
         return check
@@ -252,9 +264,9 @@ class CooldownStore:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def mark_failure(self, route: RouteLike, err: UpstreamError, *, whole_channel: bool = False) -> float | None:
+    def mark_failure(self, route: RouteLike, err: UpstreamError, *, whole_credential: bool = False) -> float | None:
         """Cool the route's pair down as ``err`` deserves; the seconds it now cools, or None."""
-        plan = self._plan(route, err, whole_channel)
+        plan = self._plan(route, err, whole_credential)
         if plan is None:
             return None
         pair, penalty = plan
@@ -267,9 +279,11 @@ class CooldownStore:
             return self._mark_local(pair, penalty)
         return self._remember(pair, until)
 
-    async def amark_failure(self, route: RouteLike, err: UpstreamError, *, whole_channel: bool = False) -> float | None:
+    async def amark_failure(
+        self, route: RouteLike, err: UpstreamError, *, whole_credential: bool = False
+    ) -> float | None:
         """``mark_failure`` for the event loop: one Redis round trip when Redis is configured."""
-        plan = self._plan(route, err, whole_channel)
+        plan = self._plan(route, err, whole_credential)
         if plan is None:
             return None
         pair, penalty = plan
@@ -283,7 +297,7 @@ class CooldownStore:
         return self._remember(pair, until)
 
     def mark_success(self, route: RouteLike) -> None:
-        """Clear the route's pair (and a whole-channel cool-down); no I/O when nothing is known."""
+        """Clear the route's pair (and a whole-credential cool-down); no I/O when nothing is known."""
         pairs = self._known_pairs(route)
         if not pairs:
             return
@@ -375,14 +389,15 @@ class CooldownStore:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _plan(self, route: RouteLike, err: UpstreamError, whole_channel: bool) -> tuple[Pair, Penalty] | None:
+    def _plan(self, route: RouteLike, err: UpstreamError, whole_credential: bool) -> tuple[Pair, Penalty] | None:
         channel = route.channel
         if channel.disable_cooling:
             return None
         penalty = penalty_for(err, transient_seconds=channel.transient_cooldown_s)
         if penalty is None:
             return None
-        return (channel.id, WHOLE_CHANNEL if whole_channel else route.upstream_model), penalty
+        whole = whole_credential or err.scope == "credential"
+        return (route.credential, WHOLE_CREDENTIAL if whole else route.upstream_model), penalty
 
     def _mark_local(self, pair: Pair, penalty: Penalty) -> float:
         now = self.clock()
@@ -404,9 +419,11 @@ class CooldownStore:
         return until - self.clock()
 
     def _known_pairs(self, route: RouteLike) -> list[Pair]:
-        channel_id = route.channel.id
         deadlines = self._deadlines
-        return [p for p in ((channel_id, route.upstream_model), (channel_id, WHOLE_CHANNEL)) if p in deadlines]
+        if not deadlines:
+            return []
+        credential = route.credential
+        return [p for p in ((credential, route.upstream_model), (credential, WHOLE_CREDENTIAL)) if p in deadlines]
 
     def _forget(self, pairs: list[Pair]) -> None:
         with self._lock:
@@ -435,9 +452,9 @@ class CooldownStore:
         fresh: dict[Pair, float] = {}
         for member, score in zip(rows[0::2], rows[1::2], strict=True):
             text = member.decode() if isinstance(member, bytes) else str(member)
-            channel, _, model = text.partition(":")
-            if channel.isdigit():
-                fresh[(int(channel), model)] = float(score)
+            credential, _, model = text.partition(":")
+            if _CREDENTIAL.fullmatch(credential):
+                fresh[(credential, model)] = float(score)
         with self._lock:
             for pair, (seq, until) in self._local.items():
                 if seq <= start:
@@ -527,17 +544,17 @@ def use(replacement: CooldownStore | None) -> None:
     _store = replacement
 
 
-def cooling(channel_id: int, model: str) -> float | None:
-    """Seconds until ``model`` on ``channel_id`` is usable again, or None; reads memory only."""
-    return store().cooling(channel_id, model)
+def cooling(credential: str | int, model: str) -> float | None:
+    """Seconds until ``model`` on ``credential`` is usable again, or None; reads memory only."""
+    return store().cooling(credential, model)
 
 
-def mark_failure(route: RouteLike, err: UpstreamError, *, whole_channel: bool = False) -> float | None:
-    return store().mark_failure(route, err, whole_channel=whole_channel)
+def mark_failure(route: RouteLike, err: UpstreamError, *, whole_credential: bool = False) -> float | None:
+    return store().mark_failure(route, err, whole_credential=whole_credential)
 
 
-async def amark_failure(route: RouteLike, err: UpstreamError, *, whole_channel: bool = False) -> float | None:
-    return await store().amark_failure(route, err, whole_channel=whole_channel)
+async def amark_failure(route: RouteLike, err: UpstreamError, *, whole_credential: bool = False) -> float | None:
+    return await store().amark_failure(route, err, whole_credential=whole_credential)
 
 
 def mark_success(route: RouteLike) -> None:

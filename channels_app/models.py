@@ -133,8 +133,11 @@ class Channel(models.Model):
         max_length=64, blank=True, help_text="Clients reach this channel's models as prefix/model-name."
     )
     enabled = models.BooleanField(default=True)
-    priority = models.IntegerField(default=0, help_text="Higher tiers are tried first.")
-    weight = models.PositiveIntegerField(default=1)
+    priority = models.IntegerField(
+        default=0,
+        help_text="Higher tiers are tried first. Inside a group (a /group/v1 URL or a key limited to groups) "
+        "it is the channel's weight in the smooth weighted round-robin; 0 weighs 1, below 0 excludes.",
+    )
     groups = models.ManyToManyField("accounts.ChannelGroup", blank=True, related_name="channels")
     proxy = models.ForeignKey(ProxyEntry, null=True, blank=True, on_delete=models.SET_NULL, related_name="channels")
     proxy_url = EncryptedTextField(blank=True, help_text="Per-channel proxy; direct or none ignores the global one.")

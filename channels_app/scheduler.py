@@ -12,7 +12,8 @@ mirror, which ``table()`` refreshes at most once a second.
   ``prefix/model``, ``force-model-prefix``), minus excluded models;
 * restricted to the key's allowed channels and groups, and to the route group (``/<group>/v1``);
   with ``fallback: default`` the group constraint is dropped when the group has nothing available;
-* minus channels in ``exclude`` (already tried) and (channel, model) pairs cooling down;
+* minus channels in ``exclude`` (already tried) and credentials cooling down for the model (a
+  channel's extra keys cool down apart from its own key);
 * ordered: unscoped requests use the highest priority tier (round-robin cursor per team and
   model, or fill-first), lower tiers following as failover; scoped requests (a route group or a
   key limited to groups) pick by smooth weighted round-robin with priority as the weight.
@@ -26,7 +27,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,7 +57,7 @@ class ChannelSnapshot:
     headers: dict[str, str]
     priority: int
     group_ids: frozenset[int]  # explicit groups: the M2M plus groups whose match rules name it
-    credentials: tuple[tuple[str, str], ...]  # (secret, proxy URL)
+    credentials: tuple[tuple[str, str, str], ...]  # (secret, proxy URL, credential id for cool-downs)
     prefix: str = ""
     implicit_groups: frozenset[str] = frozenset()  # lower-case: its prefix, or "default"
     disable_cooling: bool = False
@@ -71,6 +72,7 @@ class Route:
     upstream_model: str
     secret: str
     proxy_url: str
+    credential: str  # "12" for channel 12's own key, "12k3" for its extra key 3 (cool-down identity)
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,7 +96,7 @@ class Entry:
 
     def __post_init__(self) -> None:
         if not self.routes:
-            routes = tuple(Route(self.channel, self.upstream_model, s, p) for s, p in self.channel.credentials)
+            routes = tuple(Route(self.channel, self.upstream_model, *c) for c in self.channel.credentials)
             object.__setattr__(self, "routes", routes)
 
 
@@ -139,7 +141,7 @@ class ModelCooldown(RelayError):
 _table: RoutingTable | None = None
 _dirty = True
 _cursors: dict[tuple[int, str], itertools.count[int]] = defaultdict(itertools.count)
-_weights: dict[tuple[object, ...], dict[tuple[int, int], int]] = defaultdict(dict)
+_weights: dict[tuple[object, ...], dict[str, int]] = defaultdict(dict)
 
 
 def invalidate() -> None:
@@ -260,8 +262,10 @@ def _snapshot(channel: Channel, runtime: RuntimeSettings, team_groups: list[Chan
         proxy = channel.proxy.url
     else:
         proxy = channel.proxy_url or runtime.proxy_url
-    credentials = [(channel.secret, proxy)]
-    credentials += [(k.secret, k.proxy_url or proxy) for k in channel.extra_keys.all() if k.enabled]
+    credentials = [(channel.secret, proxy, str(channel.pk))]
+    credentials += [
+        (k.secret, k.proxy_url or proxy, f"{channel.pk}k{k.pk}") for k in channel.extra_keys.all() if k.enabled
+    ]
     prefix = channel.prefix.strip("/").lower()
     group_ids = {g.pk for g in channel.groups.all()}
     group_ids |= {g.pk for g in team_groups if _matches(g, prefix, channel.name.lower())}
@@ -372,9 +376,9 @@ def candidates(
     untried = [e for e in pool if e.channel.id not in exclude]
     ready = _available(untried, ())
     if not ready:
-        waits = [w for e in untried if (w := cooldowns.cooling(e.channel.id, e.upstream_model)) is not None]
-        if waits:
-            raise ModelCooldown(model, min(waits))
+        wait = _soonest(untried)
+        if wait is not None:
+            raise ModelCooldown(model, wait)
         return []
     if group is not None or key.allowed_group_ids:
         state_key = (key.team_id, model.lower(), _scope_key(key, group))
@@ -397,7 +401,12 @@ def soonest_cooldown(
     entries = [e for e in _serving(current, key.team_id, model, group) if permitted(key, e.channel)]
     if group is not None and group.fallback != PathRoute.Fallback.DEFAULT:
         entries = [e for e in entries if in_group(e.channel, group)]
-    waits = [w for e in entries if (w := cooldowns.cooling(e.channel.id, e.upstream_model)) is not None]
+    return _soonest(entries)
+
+
+def _soonest(entries: Iterable[Entry]) -> float | None:
+    """Seconds until the first cooling credential of ``entries`` frees up, or None when none cools."""
+    waits = [w for e in entries for r in e.routes if (w := cooldowns.cooling(r.credential, e.upstream_model))]
     return min(waits) if waits else None
 
 
@@ -414,11 +423,21 @@ def _serving(current: RoutingTable, team_id: int, model: str, group: GroupScope 
 
 
 def _available(entries: Iterable[Entry], exclude: Collection[int]) -> list[Entry]:
-    """Entries neither tried nor cooling; one clock read, and no lookups at all when nothing cools."""
+    """Entries not tried, with only their credentials that are not cooling (entries with none are
+    dropped); one clock read, and no lookups at all when nothing cools."""
     cooling = cooldowns.store().cooling_check()
     if cooling is None:
         return [e for e in entries if e.channel.id not in exclude]
-    return [e for e in entries if e.channel.id not in exclude and not cooling(e.channel.id, e.upstream_model)]
+    ready: list[Entry] = []
+    for entry in entries:
+        if entry.channel.id in exclude:
+            continue
+        routes = tuple(r for r in entry.routes if not cooling(r.credential, entry.upstream_model))
+        if len(routes) == len(entry.routes):
+            ready.append(entry)
+        elif routes:
+            ready.append(replace(entry, routes=routes))
+    return ready
 
 
 def _routes(entries: Iterable[Entry]) -> list[Route]:
@@ -469,7 +488,7 @@ def _weighted(
     """Smooth weighted round-robin (nginx): the winner first, then the rest by weight, then weight 0."""
     slots = sorted(
         ((route, weight_of(route.channel, scope_ids, group_priority)) for route in _routes(entries)),
-        key=lambda slot: (slot[0].channel.id, slot[0].secret),
+        key=lambda slot: (slot[0].channel.id, slot[0].credential),
     )
     live = [(route, weight) for route, weight in slots if weight > 0]
     if not live:
@@ -478,17 +497,13 @@ def _weighted(
     total = sum(weight for _, weight in live)
     best, best_score = live[0][0], -math.inf
     for route, weight in live:
-        slot = _slot(route)
+        slot = route.credential
         scores[slot] = scores.get(slot, 0) + weight
         if scores[slot] > best_score:
             best, best_score = route, scores[slot]
-    scores[_slot(best)] -= total
+    scores[best.credential] -= total
     rest = sorted((slot for slot in live if slot[0] is not best), key=lambda slot: -slot[1])
     return [best, *(route for route, _ in rest), *(route for route, weight in slots if weight == 0)]
-
-
-def _slot(route: Route) -> tuple[int, int]:
-    return route.channel.id, route.channel.credentials.index((route.secret, route.proxy_url))
 
 
 def models_for(

@@ -23,6 +23,7 @@ from accounts.access import KeySnapshot
 from accounts.limits import Admission
 from channels_app import scheduler, transport
 from channels_app.executors.base import UpstreamCall, UpstreamError, UpstreamTimeout, UpstreamUnreachable, classify
+from channels_app.executors.registry import executor_for
 from channels_app.transport import ReadError, ReadTimeout, UpstreamResponse
 from gateway import ir
 from gateway.client_dialects import Parser, Renderer
@@ -182,7 +183,11 @@ async def open_call(attempt: Attempt, call: UpstreamCall) -> UpstreamResponse:
         return response
     body = await _read_quietly(response)
     attempt.capture(body)
-    rejected = classify(response.status_code, body, response.headers.get("retry-after"))
+    executor = executor_for(attempt.route.channel.kind) if attempt.route else None
+    if executor is not None:
+        rejected = executor.classify(response.status_code, body, response.headers)
+    else:
+        rejected = classify(response.status_code, body, response.headers.get("retry-after"))
     attempt.record(rejected.status, rejected.error_type, rejected.message)
     raise UpstreamRejection(rejected, body, response.headers.get("content-type", "application/json"))
 

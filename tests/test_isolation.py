@@ -539,7 +539,6 @@ def _channel_form(team: Team, name: str, linked: TeamObjects) -> dict[str, Any]:
         "served_models": "[]",
         "excluded_models": "[]",
         "priority": "0",
-        "weight": "1",
         "options": "{}",
         "groups": [linked.objects[ChannelGroup].pk],
         "extra_keys-TOTAL_FORMS": "0",

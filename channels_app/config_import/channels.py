@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from channels_app.config_import.document import Value
-from channels_app.config_import.notes import CLOAK_NOTES
+from channels_app.config_import.notes import CHANNEL_NOTES, CLOAK_NOTES
 from channels_app.config_import.run import ImportRun
 from channels_app.models import Channel, ChannelKey, ProviderKind, ProxyEntry
 
@@ -19,7 +19,7 @@ KEY_CHANNEL_KINDS = (
     ProviderKind.CODEX_API_KEY,
     ProviderKind.VERTEX_API_KEY,
 )
-_SHARED_KEYS = {"name", "priority", "weight", "prefix", "base-url", "headers", "models", "excluded-models"}
+_SHARED_KEYS = {"name", "priority", "prefix", "base-url", "headers", "models", "excluded-models"}
 _SHARED_KEYS |= {"disable-cooling"}
 _CHANNEL_KEYS = _SHARED_KEYS | {"api-key", "proxy-url", "proxy-id"}
 _COMPAT_KEYS = _SHARED_KEYS | {"api-key-entries", "api-keys"}
@@ -105,7 +105,6 @@ def _shared_values(run: ImportRun, kind: str, name: str, entry: Value) -> dict[s
         "excluded_models": entry["excluded-models"].strings(),
         "prefix": prefix,
         "priority": entry["priority"].integer(),
-        "weight": run.count(entry["weight"], 1),
     }
 
 
@@ -118,7 +117,7 @@ def _model(item: Value) -> dict[str, Any]:
 
 def _import_key_channel(run: ImportRun, kind: str, index: int, entry: Value) -> None:
     extras = _OPTION_KEYS.get(kind, ())
-    run.check_keys(entry, _CHANNEL_KEYS | set(extras))
+    run.check_keys(entry, _CHANNEL_KEYS | set(extras), CHANNEL_NOTES)
     name = _channel_name(run, kind, index, entry)
     if not entry["api-key"].text():
         run.warn(entry, f"{entry.name} has no api-key; skipped")
@@ -152,13 +151,13 @@ def _cloak(run: ImportRun, value: Value) -> dict[str, Any]:
 def _import_compat_channel(run: ImportRun, index: int, entry: Value) -> None:
     """An OpenAI-compatible provider: its first key is the channel's secret, the others extra keys."""
     kind = ProviderKind.OPENAI_COMPATIBILITY
-    run.check_keys(entry, _COMPAT_KEYS)
+    run.check_keys(entry, _COMPAT_KEYS, CHANNEL_NOTES)
     name = _channel_name(run, kind, index, entry)
     values = _shared_values(run, kind, name, entry)
     values["proxy_id"] = None
     credentials: list[tuple[str, str, Value]] = []
     for position, item in enumerate(entry["api-key-entries"].items()):
-        run.check_keys(item, ("api-key", "proxy-url", "proxy-id"))
+        run.check_keys(item, ("api-key", "proxy-url", "proxy-id"), CHANNEL_NOTES)
         if position == 0:
             values["proxy_id"] = _pool_proxy(run, item["proxy-id"])
         elif item["proxy-id"].present:

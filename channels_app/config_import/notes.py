@@ -91,6 +91,9 @@ TOP_LEVEL_NOTES: Notes = {
 
 CLOAK_NOTES: Notes = {"sensitive-words": _NO_OBFUSCATION}
 
+# Per-credential weights belong to weighted-round-robin, which CliRelay does not have (management §2.4).
+CHANNEL_NOTES: Notes = {"weight": "is not supported: priority orders channels and weighs them inside groups"}
+
 ROUTING_NOTES: Notes = {
     "session-affinity": "is not supported: CliRelay has no session affinity",
     "session-affinity-ttl": "is not supported: CliRelay has no session affinity",

@@ -7,11 +7,13 @@ scheduler decides failover from data, not from string matching.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
+
+from channels_app.executors.retry_after import body_seconds, header_seconds
 
 if TYPE_CHECKING:
     from channels_app.scheduler import Route
@@ -32,6 +34,7 @@ class UpstreamError(Exception):
         cooldown_s: float | None = None,
         error_type: str = "upstream_error",
         detail: str = "",
+        scope: str = "",
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -41,6 +44,9 @@ class UpstreamError(Exception):
         self.cooldown_s = cooldown_s
         self.error_type = error_type
         self.detail = detail  # the start of the upstream's error body, for the scheduler's judgement
+        # What the failure says about whom (providers spec §14.2): "" = this model on this credential;
+        # "credential" = every model of the credential; "request" = the request itself, cool nothing.
+        self.scope = scope
 
 
 class UpstreamTimeout(UpstreamError):
@@ -88,15 +94,6 @@ def message_from_body(body: bytes) -> str:
     return text[:500]
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
-
-
 def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError:
     """Turn an upstream error response into the error the client and the scheduler see.
 
@@ -115,7 +112,7 @@ def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError
             message,
             upstream_status=status,
             retryable=True,
-            cooldown_s=retry_after_seconds(retry_after),
+            cooldown_s=_longest(header_seconds(retry_after), body_seconds(body)),
             error_type="rate_limit_exceeded",
             detail=detail,
         )
@@ -130,6 +127,11 @@ def classify(status: int, body: bytes, retry_after: str | None) -> UpstreamError
 
 
 _DETAIL_BYTES = 2048
+
+
+def _longest(*waits: float | None) -> float | None:
+    known = [w for w in waits if w is not None]
+    return max(known) if known else None
 
 
 class Executor(ABC):
@@ -151,6 +153,11 @@ class Executor(ABC):
     def count_tokens(self, route: Route, body: bytes, *, betas: Sequence[str] = ()) -> UpstreamCall | None:
         """The upstream's own token-count call, or None when it has none (count locally)."""
         return None
+
+    def classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        """An error answer as the client and the scheduler see it; providers with their own quota
+        signals (Claude's unified windows, Codex's usage limit) refine it."""
+        return classify(status, body, headers.get("retry-after"))
 
     def generate_images(self, route: Route, body: bytes) -> UpstreamCall | None:
         """The upstream's OpenAI Images call for ``body`` (an images request, model rewritten), or None

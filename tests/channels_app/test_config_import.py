@@ -530,7 +530,7 @@ def test_max_retry_credentials_and_transient_cooldown_are_no_longer_reported_as_
     assert report.warnings == ["line 3: save-cooldown-status is not supported by CliRelay"]
 
 
-# --- channel entries: prefix, priority, weight, exclusions, disable-cooling --------------------
+# --- channel entries: prefix, priority, exclusions, disable-cooling -------------------------------
 
 
 @pytest.mark.parametrize(
@@ -546,14 +546,14 @@ def test_max_retry_credentials_and_transient_cooldown_are_no_longer_reported_as_
 )
 def test_every_channel_kind_keeps_its_routing_fields(db: None, kind: str, credential: str) -> None:
     text = (
-        f"{kind}:\n  - name: main\n    {credential}\n    prefix: /pro/\n    priority: -3\n    weight: 4\n"
+        f"{kind}:\n  - name: main\n    {credential}\n    prefix: /pro/\n    priority: -3\n"
         "    excluded-models: [gpt-*, '', '*-mini']\n    disable-cooling: true\n"
     )
 
     report = import_config(text)
 
     channel = Channel.objects.get()
-    assert (channel.kind, channel.prefix, channel.priority, channel.weight) == (kind, "pro", -3, 4)
+    assert (channel.kind, channel.prefix, channel.priority) == (kind, "pro", -3)
     assert channel.excluded_models == ["gpt-*", "*-mini"]
     assert channel.options == {"disable-cooling": True}
     assert report.warnings == []
@@ -595,7 +595,6 @@ def test_a_channels_disable_cooling_reaches_the_scheduler(db: None) -> None:
     [
         ("prefix: a/b", "gemini-api-key[0].prefix must be one path segment, without '/'"),
         ("priority: high", "gemini-api-key[0].priority must be a whole number, got 'high'"),
-        ("weight: 1.5", "gemini-api-key[0].weight must be a whole number, got 1.5"),
         ("excluded-models: gpt-*", "gemini-api-key[0].excluded-models must be a list, got 'gpt-*'"),
         ("disable-cooling: 'yes'", "gemini-api-key[0].disable-cooling must be true or false, got 'yes'"),
     ],
@@ -606,11 +605,19 @@ def test_a_bad_channel_field_names_its_line(db: None, entry: str, problem: str) 
     assert not Channel.objects.exists()
 
 
-def test_a_negative_weight_is_stored_as_zero_with_a_warning(db: None) -> None:
-    report = import_config("gemini-api-key:\n  - api-key: k\n    weight: -2\n")
+def test_a_weight_is_reported_as_not_supported_wherever_it_is_given(db: None) -> None:
+    report = import_config(
+        "gemini-api-key:\n  - api-key: k\n    weight: 3\n"
+        "openai-compatibility:\n  - name: o\n    base-url: http://127.0.0.1:9/v1\n"
+        "    api-key-entries:\n      - api-key: a\n        weight: 2\n"
+    )
 
-    assert Channel.objects.get().weight == 0
-    assert report.warnings == ["line 3: gemini-api-key[0].weight is negative; stored as 0"]
+    assert Channel.objects.count() == 2
+    reason = "is not supported: priority orders channels and weighs them inside groups"
+    assert report.warnings == [
+        f"line 3: gemini-api-key[0].weight {reason}",
+        f"line 9: openai-compatibility[0].api-key-entries[0].weight {reason}",
+    ]
 
 
 def test_force_model_prefix_hides_the_bare_names_of_prefixed_channels(db: None) -> None:

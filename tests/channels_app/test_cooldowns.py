@@ -54,6 +54,11 @@ class FakeChannel:
 class FakeRoute:
     channel: FakeChannel = FakeChannel()
     upstream_model: str = "gpt-up"
+    key: str = ""  # "" = the channel's own key, "k3" = its extra key 3
+
+    @property
+    def credential(self) -> str:
+        return f"{self.channel.id}{self.key}"
 
 
 ROUTE = FakeRoute()
@@ -220,11 +225,29 @@ def test_request_scoped_errors_and_disabled_cooling_change_nothing(store: Cooldo
     assert store.cooling(7, "gpt-up") is None
 
 
-def test_a_channel_wide_failure_cools_every_model_of_the_channel(store: CooldownStore) -> None:
-    store.mark_failure(ROUTE, _err(429, cooldown_s=30.0), whole_channel=True)
+def test_a_credential_wide_failure_cools_every_model_of_the_credential(store: CooldownStore) -> None:
+    store.mark_failure(ROUTE, _err(429, cooldown_s=30.0), whole_credential=True)
     assert store.cooling(7, "anything") == pytest.approx(30)
     store.mark_success(FakeRoute(upstream_model="anything"))
     assert store.cooling(7, "gpt-up") is None
+
+
+def test_an_error_scoped_to_the_credential_cools_all_its_models_and_one_scoped_to_the_request_nothing(
+    store: CooldownStore,
+) -> None:
+    assert store.mark_failure(ROUTE, _err(429, cooldown_s=45.0, scope="credential")) == pytest.approx(45)
+    assert store.cooling(7, "other-model") == pytest.approx(45)
+    assert store.mark_failure(FakeRoute(key="k3"), _err(429, scope="request")) is None
+    assert store.cooling("7k3", "gpt-up") is None
+
+
+def test_each_key_of_a_channel_cools_down_on_its_own_in_every_process(make_redis_store) -> None:
+    one, two = make_redis_store(), make_redis_store()
+    one.mark_failure(FakeRoute(key="k3"), _err(429, cooldown_s=20.0))
+    two.refresh(force=True)
+    for store in (one, two):
+        assert store.cooling("7k3", "gpt-up") == pytest.approx(20)
+        assert store.cooling(7, "gpt-up") is None and store.cooling("7k4", "gpt-up") is None
 
 
 async def test_the_async_api_marks_refreshes_and_resets(store: CooldownStore) -> None:

@@ -278,6 +278,39 @@ def test_when_every_channel_is_cooling_the_request_gets_a_429_with_the_soonest_r
 
 
 @pytest.mark.django_db
+def test_a_429_on_one_key_of_a_channel_leaves_its_other_keys_in_rotation(alice, clock) -> None:
+    channel = _channel(alice.team, "multi")
+    extra = ChannelKey.objects.create(channel=channel, secret="sk-second")
+    table = _table()
+    first = next(r for r in scheduler.candidates(table, _key(alice), "gpt") if r.secret == "sk-multi")
+    assert (first.credential, _fail(first, 429, cooldown_s=30)) == (str(channel.pk), 30)
+
+    picks = {scheduler.choose(table, _key(alice), "gpt").secret for _ in range(4)}
+    assert picks == {"sk-second"}
+    second = scheduler.choose(table, _key(alice), "gpt")
+    assert second.credential == f"{channel.pk}k{extra.pk}"
+    _fail(second, 429, cooldown_s=12)
+    with pytest.raises(scheduler.ModelCooldown) as cooling:
+        scheduler.candidates(table, _key(alice), "gpt")
+    assert cooling.value.retry_after == 12  # the soonest key frees the channel
+    clock.now += 13
+    assert {scheduler.choose(table, _key(alice), "gpt").secret for _ in range(4)} == {"sk-second"}
+
+
+@pytest.mark.django_db
+def test_a_credential_scoped_failure_cools_every_model_of_that_key_only(alice, clock) -> None:
+    channel = _channel(alice.team, "multi", served_models=[{"name": "gpt"}, {"name": "mini"}])
+    ChannelKey.objects.create(channel=channel, secret="sk-second")
+    table = _table()
+    first = next(r for r in scheduler.candidates(table, _key(alice), "gpt") if r.secret == "sk-multi")
+    _fail(first, 429, cooldown_s=60, scope="credential")
+    for model in ("gpt", "mini"):
+        assert {r.secret for r in scheduler.candidates(table, _key(alice), model)} == {"sk-second"}
+    clock.now += 61
+    assert {r.secret for r in scheduler.candidates(table, _key(alice), "mini")} == {"sk-multi", "sk-second"}
+
+
+@pytest.mark.django_db
 def test_exclude_skips_channels_already_tried_and_an_exhausted_list_is_empty(alice) -> None:
     a = _channel(alice.team, "a", priority=1)
     b = _channel(alice.team, "b")

@@ -19,7 +19,7 @@ from google import genai
 from google.genai import types as gtypes
 
 from accounts.models import ApiKeyUsageCounter, ChannelGroup
-from channels_app.models import Channel, ProviderKind, RuntimeSettings
+from channels_app.models import Channel, ChannelKey, ProviderKind, RuntimeSettings
 from tests.conftest import Persona
 from tests.fakes.claude_upstream import FakeClaudeUpstream
 from tests.fakes.fixtures import CLAUDE_API_KEY, claude_upstream, claude_upstream_server  # noqa: F401
@@ -193,6 +193,53 @@ def test_when_every_channel_cools_the_client_gets_429_model_cooldown_with_retry_
     assert (error["code"], error["model"]) == ("model_cooldown", MODEL)
     assert 35 <= error["reset_seconds"] <= 40 and error["reset_time"]
     assert len(upstream.requests) == 1
+
+
+def test_a_key_the_upstream_refuses_is_cooled_alone_and_the_channels_other_key_serves(
+    gateway: Gateway, alice: Persona, upstream: FakeOpenAIUpstream
+) -> None:
+    channel = _openai_channel(alice, upstream, "two-keys", "gpt-up")
+    Channel.objects.filter(pk=channel.pk).update(secret="sk-revoked-key-000000")  # the upstream answers 401
+    ChannelKey.objects.create(channel=channel, secret=SECRET)
+    upstream.reply(HEALTHY)
+
+    answers = [_chat(gateway, alice.raw_key, stream=False) for _ in range(4)]
+
+    assert answers == [HEALTHY] * 4
+    used = [r.authorization for r in upstream.requests]
+    assert used.count("Bearer sk-revoked-key-000000") == 1  # suspended after its 401, alone
+    assert used.count(f"Bearer {SECRET}") == 4
+    rows = usage_rows(gateway, 5)
+    assert [(r.attempt, r.status_code) for r in rows] == [(1, 502), (2, 200), (1, 200), (1, 200), (1, 200)]
+
+
+@pytest.mark.parametrize("unified", [True, False], ids=["unified-window", "model-limit"])
+def test_a_claude_unified_window_429_cools_every_model_of_the_credential(
+    gateway: Gateway,
+    alice: Persona,
+    upstream: FakeOpenAIUpstream,
+    claude_upstream: FakeClaudeUpstream,  # noqa: F811
+    unified: bool,
+) -> None:
+    models = [{"name": "claude-upstream", "alias": MODEL}, {"name": "claude-other", "alias": "relay-other"}]
+    claude = _claude_channel(alice, claude_upstream, priority=10)
+    claude.served_models = models
+    claude.save()
+    fallback = _openai_channel(alice, upstream, "fallback-openai", "gpt-up")
+    fallback.served_models = [{"name": "gpt-up", "alias": MODEL}, {"name": "gpt-other", "alias": "relay-other"}]
+    fallback.save()
+    claude_upstream.rate_limit(retry_after=600, unified=unified)
+    upstream.reply(HEALTHY)
+    client = openai.OpenAI(base_url=gateway.v1, api_key=alice.raw_key, max_retries=0)
+    messages: Any = [{"role": "user", "content": "Hi"}]
+
+    for model in (MODEL, "relay-other"):
+        assert client.chat.completions.create(model=model, messages=messages).choices[0].message.content == HEALTHY
+
+    # A rejected 5-hour window is the whole subscription's: the other model is not even tried.
+    tried = [r.json["model"] for r in claude_upstream.requests]
+    assert tried == (["claude-upstream"] if unified else ["claude-upstream", "claude-other"])
+    assert _models_seen(upstream) == ["gpt-up", "gpt-other"]
 
 
 def test_a_retry_round_waits_for_the_only_channel_and_then_succeeds(
