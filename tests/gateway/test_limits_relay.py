@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anthropic
 import openai
 import pytest
 
+from accounts.limits import Limiter
+from tests.gateway.isolated_limits import isolated_limiter
 from usage.models import RequestLog
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(autouse=True)
+def own_limiter(monkeypatch: pytest.MonkeyPatch) -> Iterator[Limiter]:
+    """Counters of this test only: a run right after another on the same Redis starts from zero."""
+    with isolated_limiter(monkeypatch, "limits-relay") as made:
+        yield made
 
 
 def test_the_request_over_the_rpm_limit_is_a_429_with_retry_after(gateway, alice, channel, sdk_for) -> None:
