@@ -70,9 +70,9 @@ class TeamAdmin(TeamScopedAdmin):
 
 @admin.register(ChannelGroup)
 class ChannelGroupAdmin(TeamScopedAdmin):
-    list_display = ("name", "slug", "team", "priority")
+    list_display = ("name", "slug", "team", "priority", "strategy")
     list_select_related = ("team",)
-    list_filter = (TeamFilter,)
+    list_filter = (TeamFilter, "strategy")
     search_fields = ("name", "slug", "description")
     ordering = ("team__name", "-priority", "name")
     prepopulated_fields = {"slug": ("name",)}

@@ -47,11 +47,25 @@ class TeamMembership(models.Model):
 class ChannelGroup(models.Model):
     """A routing group: a named set of channels, reachable under ``/<slug>/v1/...``."""
 
+    class Strategy(models.TextChoices):
+        """How a request sent to the group's URL picks among the group's channels."""
+
+        WEIGHTED = "", "Weighted: smooth weighted round-robin, each channel's priority is its weight"
+        ROUND_ROBIN = "round-robin", "Round robin over the highest priority tier (lower tiers are the fallback)"
+        FILL_FIRST = "fill-first", "Fill first: the first channel of the highest tier until it fails"
+
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="channel_groups")
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=100, help_text="Path segment: requests to /<slug>/v1/... use this group.")
     description = models.TextField(blank=True)
     priority = models.IntegerField(default=0, help_text="Higher wins when a channel matches several groups.")
+    strategy = models.CharField(
+        max_length=20,
+        choices=Strategy.choices,
+        default=Strategy.WEIGHTED,
+        blank=True,
+        help_text="For requests to this group's URL or path routes; plain /v1 requests follow the global strategy.",
+    )
     match_prefixes = models.JSONField(
         default=list, blank=True, help_text="Channels whose prefix is in this list join the group."
     )

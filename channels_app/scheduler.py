@@ -16,7 +16,8 @@ mirror, which ``table()`` refreshes at most once a second.
   channel's extra keys cool down apart from its own key);
 * ordered: unscoped requests use the highest priority tier (round-robin cursor per team and
   model, or fill-first), lower tiers following as failover; scoped requests (a route group or a
-  key limited to groups) pick by smooth weighted round-robin with priority as the weight.
+  key limited to groups) pick by smooth weighted round-robin with priority as the weight, unless
+  the route group sets its own strategy (round-robin or fill-first over its priority tiers).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class GroupScope:
     group_id: int | None = None  # None: an implicit group (a prefix, or "default")
     fallback: str = PathRoute.Fallback.NONE
     priority: int = 0
+    strategy: str = ChannelGroup.Strategy.WEIGHTED
 
 
 @dataclass(slots=True, frozen=True)
@@ -140,7 +142,7 @@ class ModelCooldown(RelayError):
 
 _table: RoutingTable | None = None
 _dirty = True
-_cursors: dict[tuple[int, str], itertools.count[int]] = defaultdict(itertools.count)
+_cursors: dict[tuple[object, ...], itertools.count[int]] = defaultdict(itertools.count)
 _weights: dict[tuple[object, ...], dict[str, int]] = defaultdict(dict)
 
 
@@ -209,7 +211,7 @@ def build_table() -> RoutingTable:
     )
     groups = list(ChannelGroup.objects.all())
     for group in groups:
-        scope = GroupScope(name=group.name.lower(), group_id=group.pk, priority=group.priority)
+        scope = GroupScope(group.name.lower(), group.pk, priority=group.priority, strategy=group.strategy)
         named = table.groups.setdefault(group.team_id, {})
         named.setdefault(scope.name, scope)
         named.setdefault(group.slug.lower(), scope)
@@ -231,7 +233,7 @@ def build_table() -> RoutingTable:
                 team_models.setdefault(name.lower(), []).append(Entry(snapshot, upstream, name))
     for route in PathRoute.objects.select_related("group"):
         group = route.group
-        scope = GroupScope(group.name.lower(), group.pk, route.fallback, group.priority)
+        scope = GroupScope(group.name.lower(), group.pk, route.fallback, group.priority, group.strategy)
         table.path_routes.setdefault(route.team_id, {})[_normal_path(route.path)] = scope
     return table
 
@@ -380,6 +382,8 @@ def candidates(
         if wait is not None:
             raise ModelCooldown(model, wait)
         return []
+    if group is not None and group.strategy != ChannelGroup.Strategy.WEIGHTED:
+        return _tiered(ready, group.strategy, (key.team_id, model.lower(), _scope_key(key, group)))
     if group is not None or key.allowed_group_ids:
         state_key = (key.team_id, model.lower(), _scope_key(key, group))
         return _weighted(ready, _scope_ids(key, group), current.group_priority, state_key)
@@ -444,7 +448,7 @@ def _routes(entries: Iterable[Entry]) -> list[Route]:
     return [route for e in entries for route in e.routes]
 
 
-def _tiered(entries: list[Entry], strategy: str, cursor_key: tuple[int, str]) -> list[Route]:
+def _tiered(entries: list[Entry], strategy: str, cursor_key: tuple[object, ...]) -> list[Route]:
     """Priority tiers, highest first; the top tier rotated by the round-robin cursor."""
     tiers: dict[int, list[Entry]] = defaultdict(list)
     for entry in entries:

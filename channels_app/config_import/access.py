@@ -14,6 +14,7 @@ from accounts.models import ApiKey, ChannelGroup, PathRoute
 from channels_app.config_import.document import Value
 from channels_app.config_import.notes import GROUP_NOTES
 from channels_app.config_import.run import ImportRun
+from channels_app.config_import.runtime import STRATEGIES
 from channels_app.models import Channel
 
 _KEY_ENTRY_KEYS = {"key", "name", "disabled", "daily-limit", "total-quota", "spending-limit", "concurrency-limit"}
@@ -29,7 +30,7 @@ def import_groups(run: ImportRun, value: Value) -> None:
     """``routing.channel-groups``, each joined by the team's channels that match it."""
     names: set[str] = set()
     for item in value.items():
-        run.check_keys(item, ("name", "description", "priority", "match"), GROUP_NOTES)
+        run.check_keys(item, ("name", "description", "priority", "strategy", "match"), GROUP_NOTES)
         name = item["name"].text()
         if not slugify(name):
             raise item["name"].error("must be a name with at least one letter or digit")
@@ -42,11 +43,22 @@ def import_groups(run: ImportRun, value: Value) -> None:
         channels = match["channels"].strings()
         values: dict[str, Any] = {"name": name, "slug": slugify(name), "description": item["description"].text()}
         values |= {"priority": item["priority"].integer(), "match_prefixes": prefixes, "match_channels": channels}
+        values["strategy"] = _group_strategy(item["strategy"])
         group = _find_group(run, name) or ChannelGroup(team=run.team)
         members = _members(run, prefixes, channels)
         run.save("routing groups", group, values, item, m2m={"channels": members})
         if not members:
             run.warn(item, f"routing group '{name}' matches no channel")
+
+
+def _group_strategy(value: Value) -> str:
+    """A group's own strategy (CliRelay's addition): weighted (the default), round-robin or fill-first."""
+    text = value.text().lower()
+    if text in ("", "weighted"):
+        return ChannelGroup.Strategy.WEIGHTED
+    if text not in STRATEGIES:
+        raise value.error(f"must be weighted, round-robin or fill-first, got '{text}'")
+    return STRATEGIES[text]
 
 
 def _find_group(run: ImportRun, name: str) -> ChannelGroup | None:

@@ -52,7 +52,7 @@ TOP_LEVEL_NOTES: Notes = {
     "port": _ENVIRONMENT.format("HOST and PORT"),
     "tls": "ignored: terminate TLS in a reverse proxy in front of CliRelay",
     "pprof": "ignored: profile the Python process with external tools",
-    "remote-management": "ignored: CliRelay is managed in the Django admin and under /api/manage/",
+    "remote-management": "ignored: CliRelay is managed in the Django admin",
     "auth-dir": "ignored: OAuth credentials live in the database; import credential files in the admin",
     "debug": _ENVIRONMENT.format("DEBUG"),
     "logging-to-file": _FILE_LOGS,

@@ -15,8 +15,8 @@ from usage.models import LogStorageSettings
 OAUTH_KINDS = frozenset(
     kind.value for kind in ProviderKind if not kind.value.endswith("-api-key") and kind != "openai-compatibility"
 )
-_STRATEGIES = {"round-robin": "round-robin", "roundrobin": "round-robin", "rr": "round-robin"}
-_STRATEGIES |= {"fill-first": "fill-first", "fillfirst": "fill-first", "ff": "fill-first"}
+STRATEGIES = {"round-robin": "round-robin", "roundrobin": "round-robin", "rr": "round-robin"}
+STRATEGIES |= {"fill-first": "fill-first", "fillfirst": "fill-first", "ff": "fill-first"}
 _FLAGS = {
     "force-model-prefix": "force_model_prefix",
     "disable-cooling": "disable_cooling",
@@ -67,9 +67,9 @@ def import_runtime_settings(run: ImportRun) -> None:
 
 def _strategy(value: Value) -> str:
     text = (value.text() or "round-robin").lower()
-    if text not in _STRATEGIES:
+    if text not in STRATEGIES:
         raise value.error(f"must be round-robin or fill-first, got '{text}'")
-    return _STRATEGIES[text]
+    return STRATEGIES[text]
 
 
 def _transient_cooldown(value: Value) -> int:

@@ -656,6 +656,21 @@ def test_a_group_collects_the_channels_its_match_rules_name(db: None) -> None:
 
 
 @pytest.mark.parametrize(
+    ("given", "stored"),
+    [("", ""), ("strategy: weighted", ""), ("strategy: FF", "fill-first"), ("strategy: rr", "round-robin")],
+)
+def test_a_group_may_choose_its_own_strategy(db: None, given: str, stored: str) -> None:
+    import_config(f"routing:\n  channel-groups:\n    - name: pro\n      {given}\n")
+    assert ChannelGroup.objects.get().strategy == stored
+
+
+def test_an_unknown_group_strategy_names_its_line(db: None) -> None:
+    with pytest.raises(ConfigError, match=r"^line 4: routing\.channel-groups\[0\]\.strategy must be weighted, round"):
+        import_config("routing:\n  channel-groups:\n    - name: pro\n      strategy: random\n")
+    assert not ChannelGroup.objects.exists()
+
+
+@pytest.mark.parametrize(
     ("route", "stored"),
     [
         ("{path: /pro, group: pro}", ("/pro", True, "none")),

@@ -534,6 +534,48 @@ def test_scoped_selection_with_equal_weights_spreads_evenly(alice) -> None:
 
 
 @pytest.mark.django_db
+def test_a_fill_first_group_drains_its_first_channel_of_the_top_tier_until_it_fails(alice, clock) -> None:
+    ordered = _group(alice.team, "ordered", strategy=ChannelGroup.Strategy.FILL_FIRST)
+    for name, priority in (("second", 0), ("first", 5), ("also-first", 5)):
+        _channel(alice.team, name, priority=priority).groups.add(ordered)
+    _channel(alice.team, "outsider", priority=9)
+    table = _table()
+    scope = scheduler.resolve_group(table, alice.team.pk, "ordered")
+    assert scope is not None and scope.strategy == "fill-first"
+
+    picks = [scheduler.candidates(table, _key(alice), "gpt", group=scope) for _ in range(5)]
+    assert all(_names(p) == ["first", "also-first", "second"] for p in picks)
+    _fail(picks[0][0], 429)
+    assert _names(scheduler.candidates(table, _key(alice), "gpt", group=scope)) == ["also-first", "second"]
+    # Plain /v1 keeps the global strategy (round-robin) and sees every channel.
+    assert {scheduler.choose(table, _key(alice), "gpt").channel.name for _ in range(3)} == {"outsider"}
+
+
+@pytest.mark.django_db
+def test_a_round_robin_group_rotates_its_top_tier_and_keeps_lower_tiers_as_fallback(alice) -> None:
+    RuntimeSettings.objects.create(routing_strategy=RuntimeSettings.Strategy.FILL_FIRST)
+    rotating = _group(alice.team, "rotating", strategy=ChannelGroup.Strategy.ROUND_ROBIN)
+    for name, priority in (("a", 1), ("b", 1), ("c", 1), ("spare", 0)):
+        _channel(alice.team, name, priority=priority).groups.add(rotating)
+    table = _table()
+    scope = scheduler.resolve_group(table, alice.team.pk, "rotating")
+    assert scope is not None
+
+    picks = [scheduler.candidates(table, _key(alice), "gpt", group=scope) for _ in range(30)]
+    assert Counter(_names(p)[0] for p in picks) == {"a": 10, "b": 10, "c": 10}
+    assert all(_names(p)[-1] == "spare" for p in picks)
+    assert {scheduler.choose(table, _key(alice), "gpt").channel.name for _ in range(3)} == {"a"}  # global: fill-first
+
+
+@pytest.mark.django_db
+def test_a_path_route_carries_its_groups_strategy(alice) -> None:
+    ordered = _group(alice.team, "ordered", strategy=ChannelGroup.Strategy.FILL_FIRST)
+    PathRoute.objects.create(team=alice.team, path="/team-a/pro", group=ordered)
+    scope = scheduler.resolve_group(_table(), alice.team.pk, "/team-a/pro")
+    assert scope is not None and (scope.name, scope.strategy) == ("ordered", "fill-first")
+
+
+@pytest.mark.django_db
 def test_a_key_limited_to_groups_may_not_use_another_group(alice) -> None:
     pro = _group(alice.team, "pro")
     free = _group(alice.team, "free")

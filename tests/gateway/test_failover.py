@@ -400,6 +400,26 @@ def _grouped(alice: Persona, upstream: FakeOpenAIUpstream) -> tuple[Channel, Cha
     return inside_a, inside_b, outside
 
 
+@pytest.mark.parametrize(
+    ("strategy", "first_five"),
+    [
+        (ChannelGroup.Strategy.FILL_FIRST, ["up-a"] * 5),  # the top tier's first channel until it fails
+        (ChannelGroup.Strategy.WEIGHTED, ["up-a", "up-b", "up-a", "up-a", "up-b"]),  # weights 10 : 5, interleaved
+    ],
+)
+def test_a_groups_own_strategy_decides_requests_to_its_url(
+    gateway: Gateway, alice: Persona, upstream: FakeOpenAIUpstream, strategy: str, first_five: list[str]
+) -> None:
+    _grouped(alice, upstream)
+    ChannelGroup.objects.filter(name="pro").update(strategy=strategy)
+
+    for _ in range(5):
+        _chat(gateway, alice.raw_key, stream=False, base=f"{gateway.url}/pro")
+    _chat(gateway, alice.raw_key, stream=False)  # plain /v1: the global round-robin, highest tier first
+
+    assert _models_seen(upstream) == [*first_five, "up-c"]
+
+
 def test_a_group_namespace_fails_over_inside_the_group_only(
     gateway: Gateway, alice: Persona, upstream: FakeOpenAIUpstream
 ) -> None:
