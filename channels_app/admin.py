@@ -22,6 +22,7 @@ from accounts.admin_scoping import (
     TeamFilter,
     TeamScopedAdmin,
     TeamScopedInline,
+    is_superuser,
 )
 from channels_app.models import Channel, ChannelKey, ModelPrice, ProxyEntry, RuntimeSettings
 from gateway.admin_secrets import MaskedSecretsMixin, WriteOnlySecretsForm, masked
@@ -73,6 +74,7 @@ class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
         "team",
         "kind",
         "enabled",
+        "shared",
         "priority",
         "prefix",
         masked("secret"),
@@ -81,7 +83,7 @@ class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
         "latency",
     )
     list_select_related = ("team",)
-    list_filter = (TeamFilter, "kind", "enabled")
+    list_filter = (TeamFilter, "kind", "enabled", "shared")
     search_fields = ("name", "prefix", "notes", "base_url")
     ordering = ("team__name", "-priority", "name")
     readonly_fields = ("created_at", "updated_at")
@@ -89,7 +91,7 @@ class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = (ChannelKeyInline,)
     fieldsets = (
-        (None, {"fields": ("team", "kind", "name", "enabled", "notes")}),
+        (None, {"fields": ("team", "kind", "name", "enabled", "shared", "notes")}),
         ("Upstream", {"fields": ("base_url", "secret", "headers", "proxy", "proxy_url")}),
         ("Models", {"fields": ("prefix", "served_models", "excluded_models")}),
         ("Routing", {"fields": ("priority", "groups")}),
@@ -101,6 +103,8 @@ class ChannelAdmin(MaskedSecretsMixin, TeamScopedAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         readonly = list(super().get_readonly_fields(request, obj))
+        if not is_superuser(request):
+            readonly.append("shared")  # sharing reaches other tenants: a platform decision
         if self._shows_form(request, obj):
             return readonly
         return readonly + [masked_values(name) for name in self.masked_value_fields]

@@ -133,6 +133,11 @@ class Channel(models.Model):
         max_length=64, blank=True, help_text="Clients reach this channel's models as prefix/model-name."
     )
     enabled = models.BooleanField(default=True)
+    shared = models.BooleanField(
+        default=False,
+        help_text="Serve the keys of every team, not only this one's (only superusers set this). Other teams "
+        "never see the channel in the admin; their groups take it in by prefix or name match rules.",
+    )
     priority = models.IntegerField(
         default=0,
         help_text="Higher tiers are tried first. Inside a group (a /group/v1 URL or a key limited to groups) "

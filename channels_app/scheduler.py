@@ -9,7 +9,8 @@ mirror, which ``table()`` refreshes at most once a second.
 ``candidates(table, key, model, group=..., exclude=...)`` is the ordered list a request may try:
 
 * the key's team's enabled channels serving ``model`` (own names, aliases, ``fork``,
-  ``prefix/model``, ``force-model-prefix``), minus excluded models;
+  ``prefix/model``, ``force-model-prefix``), and the channels shared with every team, minus
+  excluded models;
 * restricted to the key's allowed channels and groups, and to the route group (``/<group>/v1``);
   with ``fallback: default`` the group constraint is dropped when the group has nothing available;
 * minus channels in ``exclude`` (already tried) and credentials cooling down for the model (a
@@ -63,6 +64,7 @@ class ChannelSnapshot:
     implicit_groups: frozenset[str] = frozenset()  # lower-case: its prefix, or "default"
     disable_cooling: bool = False
     transient_cooldown_s: int = 0  # 0 = 60 s, -1 = no cool-down after 408/5xx
+    shared: bool = False  # serves every team's keys
 
 
 @dataclass(slots=True, frozen=True)
@@ -114,13 +116,22 @@ class RoutingTable:
     max_retry_credentials: int = 0  # upstreams tried per round; 0 = every candidate
     payload_rules: dict[str, Any] = field(default_factory=dict)  # config.yaml ``payload`` (gateway.payload_rules)
     models: dict[int, dict[str, list[Entry]]] = field(default_factory=dict)
+    shared_models: dict[str, list[Entry]] = field(default_factory=dict)  # channels shared with every team
     groups: dict[int, dict[str, GroupScope]] = field(default_factory=dict)  # by lower-case name and slug
     implicit_groups: dict[int, set[str]] = field(default_factory=dict)
+    shared_implicit_groups: set[str] = field(default_factory=set)
     path_routes: dict[int, dict[str, GroupScope]] = field(default_factory=dict)  # by lower-case path
     group_priority: dict[int, int] = field(default_factory=dict)
 
     def entries(self, team_id: int, model: str) -> list[Entry]:
-        return self.models.get(team_id, {}).get(model.lower(), [])
+        name = model.lower()
+        own = self.models.get(team_id, {}).get(name, [])
+        shared = self.shared_models.get(name)
+        return own + shared if shared else own
+
+    def model_names(self, team_id: int) -> list[str]:
+        """Every lower-case model name a team's keys may reach, its own channels' first."""
+        return list(dict.fromkeys([*self.models.get(team_id, {}), *self.shared_models]))
 
 
 class ModelCooldown(RelayError):
@@ -222,9 +233,14 @@ def build_table() -> RoutingTable:
         .prefetch_related("groups", "extra_keys")
     )
     for channel in channels:
-        snapshot = _snapshot(channel, runtime, [g for g in groups if g.team_id == channel.team_id])
-        table.implicit_groups.setdefault(channel.team_id, set()).update(snapshot.implicit_groups)
-        team_models = table.models.setdefault(channel.team_id, {})
+        # A shared channel joins any team's groups by their match rules; others only their own team's.
+        snapshot = _snapshot(channel, runtime, [g for g in groups if channel.shared or g.team_id == channel.team_id])
+        if channel.shared:
+            table.shared_implicit_groups.update(snapshot.implicit_groups)
+            team_models = table.shared_models
+        else:
+            table.implicit_groups.setdefault(channel.team_id, set()).update(snapshot.implicit_groups)
+            team_models = table.models.setdefault(channel.team_id, {})
         for visible, upstream in _visible_models(channel, runtime):
             names = [visible, f"{channel.prefix}/{visible}"] if channel.prefix else [visible]
             if channel.prefix and runtime.force_model_prefix and channel.prefix != visible:
@@ -289,6 +305,7 @@ def _snapshot(channel: Channel, runtime: RuntimeSettings, team_groups: list[Chan
         implicit_groups=implicit,
         disable_cooling=runtime.disable_cooling or bool(channel.options.get("disable-cooling")),
         transient_cooldown_s=runtime.transient_error_cooldown_seconds,
+        shared=channel.shared,
     )
 
 
@@ -321,7 +338,7 @@ def resolve_group(current: RoutingTable, team_id: int, path: str) -> GroupScope 
     explicit = current.groups.get(team_id, {}).get(segment)
     if explicit is not None:
         return explicit
-    if segment in current.implicit_groups.get(team_id, ()):
+    if segment in current.implicit_groups.get(team_id, ()) or segment in current.shared_implicit_groups:
         return GroupScope(name=segment)
     return None
 
@@ -339,8 +356,8 @@ def in_group(channel: ChannelSnapshot, scope: GroupScope) -> bool:
 
 
 def permitted(key: KeySnapshot, channel: ChannelSnapshot) -> bool:
-    """Whether ``key`` may use ``channel``: same team, and inside its allowed channels and groups."""
-    if channel.team_id != key.team_id:
+    """Whether ``key`` may use ``channel``: same team (or a shared channel), inside its allowed channels and groups."""
+    if channel.team_id != key.team_id and not channel.shared:
         return False
     if key.allowed_channel_ids and channel.id not in key.allowed_channel_ids:
         return False
@@ -515,7 +532,8 @@ def models_for(
 ) -> list[tuple[str, ChannelSnapshot]]:
     """The models ``key`` may call (inside ``group`` when given), each with a channel that serves it."""
     found: list[tuple[str, ChannelSnapshot]] = []
-    for entries in current.models.get(key.team_id, {}).values():
+    for name in current.model_names(key.team_id):
+        entries = current.entries(key.team_id, name)
         usable = [
             (e.name, e.channel)
             for e in entries

@@ -51,7 +51,6 @@ def _channel_form(channel: Channel, **extra: Any) -> dict[str, Any]:
         "served_models": "[]",
         "excluded_models": "[]",
         "priority": "0",
-        "weight": "1",
         "options": "{}",
         "extra_keys-TOTAL_FORMS": "0",
         "extra_keys-INITIAL_FORMS": "0",
@@ -88,6 +87,28 @@ def test_charlie_sees_nothing_of_alices_channels(acme_channel: Channel, charlie:
     assert "acme-channel" not in page(client, changelist_url(Channel))
     assert is_hidden(client, change_url(acme_channel))
     assert is_hidden(client, delete_url(acme_channel))
+
+
+def test_a_shared_channel_stays_invisible_to_other_teams(acme_channel: Channel, charlie: Persona) -> None:
+    Channel.objects.filter(pk=acme_channel.pk).update(shared=True)
+    client = client_for(charlie.user)
+
+    assert "acme-channel" not in page(client, changelist_url(Channel))
+    assert is_hidden(client, change_url(acme_channel))
+
+
+def test_only_a_superuser_shares_a_channel(acme_channel: Channel, alice: Persona, superuser: User) -> None:
+    assert (
+        client_for(alice.user).post(change_url(acme_channel), _channel_form(acme_channel, shared="on")).status_code
+        == 302
+    )
+    assert Channel.objects.get(pk=acme_channel.pk).shared is False  # read-only for a team admin: the post is ignored
+
+    assert (
+        client_for(superuser).post(change_url(acme_channel), _channel_form(acme_channel, shared="on")).status_code
+        == 302
+    )
+    assert Channel.objects.get(pk=acme_channel.pk).shared is True
 
 
 def test_a_superuser_lists_every_channel(acme_channel: Channel, globex_channel: Channel, superuser: User) -> None:

@@ -129,6 +129,46 @@ def test_a_key_stays_inside_its_team_groups_and_channels(alice, charlie) -> None
 
 
 @pytest.mark.django_db
+def test_a_shared_channel_serves_every_team_and_an_unshared_one_only_its_own(alice, charlie) -> None:
+    _channel(alice.team, "common", shared=True, served_models=[{"name": "gpt-up", "alias": "gpt"}, {"name": "mini"}])
+    _channel(alice.team, "private", served_models=[{"name": "mini"}])
+    _channel(charlie.team, "theirs")
+    table = _table()
+
+    assert {scheduler.choose(table, _key(charlie), "mini").channel.name for _ in range(4)} == {"common"}
+    assert {scheduler.choose(table, _key(charlie), "gpt").channel.name for _ in range(4)} == {"common", "theirs"}
+    assert {scheduler.choose(table, _key(alice), "mini").channel.name for _ in range(4)} == {"common", "private"}
+    assert sorted(name for name, _ in scheduler.models_for(table, _key(charlie))) == ["gpt", "mini"]
+
+
+@pytest.mark.django_db
+def test_another_teams_group_takes_a_shared_channel_in_by_its_match_rules_only(alice, charlie) -> None:
+    _channel(alice.team, "common", shared=True, prefix="pool")
+    _channel(alice.team, "private", prefix="pool")
+    pool = ChannelGroup.objects.create(team=charlie.team, name="Pool", slug="pool", match_prefixes=["pool"])
+    table = _table()
+
+    limited = _key(charlie, allowed_group_ids=frozenset({pool.pk}))
+    assert {scheduler.choose(table, limited, "gpt").channel.name for _ in range(4)} == {"common"}
+    scope = scheduler.resolve_group(table, charlie.team.pk, "pool")
+    assert scope is not None and scope.group_id == pool.pk
+    assert _names(scheduler.candidates(table, _key(charlie), "gpt", group=scope)) == ["common"]
+    # alice's private channel keeps to alice's team even under the same prefix.
+    alices = scheduler.resolve_group(table, alice.team.pk, "pool")
+    assert alices is not None and alices.group_id is None  # her implicit prefix group
+    assert sorted(_names(scheduler.candidates(table, _key(alice), "gpt", group=alices))) == ["common", "private"]
+
+
+@pytest.mark.django_db
+def test_a_shared_channels_prefix_group_is_reachable_by_every_team(alice, charlie) -> None:
+    _channel(alice.team, "common", shared=True, prefix="pool")
+    table = _table()
+    scope = scheduler.resolve_group(table, charlie.team.pk, "pool")
+    assert scope is not None
+    assert _names(scheduler.candidates(table, _key(charlie), "gpt", group=scope)) == ["common"]
+
+
+@pytest.mark.django_db
 def test_models_for_lists_what_a_key_may_call(alice) -> None:
     _channel(alice.team, "a", served_models=[{"name": "gpt-up", "alias": "gpt"}, {"name": "claude-x"}])
     _channel(alice.team, "off", enabled=False, served_models=[{"name": "hidden"}])
