@@ -181,7 +181,9 @@ def measure_round(bench: Bench, target: Target, outcome: report.Outcome) -> repo
                 run = run_load(bench.wrk, target.name, request(target), c, args.duration, bench.load_core)
                 rps[c], errors, answered = run.rps, errors + run.errors, answered + run.requests
         cpu = target.cpu_seconds() - cpu_before
+        settle(target)
         latency = run_load(bench.wrk, target.name, request(target), 1, args.duration, bench.load_core)
+        settle(target)
         ttft = asyncio.run(measure_ttft(request(target, stream=True), args.ttft_requests))
     outcome.sent += answered + latency.requests + len(ttft.samples_ms) + ttft.errors
     return report.Round(
@@ -195,6 +197,22 @@ def measure_round(bench: Bench, target: Target, outcome: report.Outcome) -> repo
         backlog_peak=backlog.peak,
         backlog_end=backlog.last,
     )
+
+
+def settle(target: Target, idle_share: float = 0.05, patience: float = 30.0) -> float:
+    """Wait until the target is idle again (under 5% of a core for 0.5 s; at most ``patience`` s).
+
+    The latency rows measure one request at a time, as a lightly used gateway sees them; a target
+    still working off the throughput runs (a log writer's backlog, garbage collection) would add that
+    work to them instead. Applies to every target alike; returns the seconds waited.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < patience:
+        before = target.cpu_seconds()
+        time.sleep(0.5)
+        if target.cpu_seconds() - before < idle_share * 0.5:
+            break
+    return time.monotonic() - started
 
 
 def measure_streams(bench: Bench, target: Target, outcome: report.Outcome) -> None:

@@ -96,6 +96,11 @@ async def handle(
         return client.error_response(err)
     except (BadRequest, thinking.ThinkingError) as exc:
         return client.error_response(RelayError(400, str(exc), code="invalid_request"))
+    except asyncio.CancelledError:
+        # The client hung up while an upstream was working on its answer: that call is a 499 row.
+        if attempt.route is not None and not attempt.finished:
+            attempt.finish(499, "client_disconnected", "client closed the connection before the answer")
+        raise
     finally:
         if not isinstance(served, Streamed):
             attempt.release()  # a stream gives its slot back when it ends

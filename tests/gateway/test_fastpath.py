@@ -133,6 +133,38 @@ def test_a_client_that_hangs_up_mid_stream_leaves_a_499_row_and_gives_its_slot_b
     assert again.status_code == 200  # the only slot was given back
 
 
+def test_a_client_that_hangs_up_before_the_upstream_answers_frees_its_slot_and_the_gateway_serves_on(
+    gateway: Gateway, http: httpx.Client, alice: Persona, channel: Channel, upstream: FakeOpenAIUpstream
+) -> None:
+    alice.key.concurrency_limit = 1
+    alice.key.save()
+    upstream.stall()
+
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/chat/completions", json=CHAT, headers=_auth(alice), timeout=0.5)
+
+    row = wait_for_row(status_code=499)  # the gateway let go of the upstream call: nothing was marked failed
+    assert (row.error_type, row.stream) == ("client_disconnected", False)
+    upstream.reset()
+    answers = [http.post("/v1/chat/completions", json=CHAT, headers=_auth(alice)) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200], answers[0].text  # the hung-up request's slot came back
+    assert wait_for_row(status_code=200).stream is False
+
+
+def test_relay_urls_are_resolved_once_and_each_path_keeps_its_own_arguments() -> None:
+    from django.urls import Resolver404
+
+    from gateway import fastpath
+
+    first = fastpath._resolve("/v1beta/models/gemini-pro:generateContent")
+    other = fastpath._resolve("/v1beta/models/gemini-flash:streamGenerateContent")
+    assert fastpath._resolve("/v1beta/models/gemini-pro:generateContent") is first
+    assert first.kwargs != other.kwargs and "gemini-pro" in str(first.kwargs) and "gemini-flash" in str(other.kwargs)
+    with pytest.raises(Resolver404):
+        fastpath._resolve("/v1/no-such-endpoint")
+    assert all(path != "/v1/no-such-endpoint" for _, path in fastpath._resolved)
+
+
 def test_a_body_over_the_limit_is_refused_with_413_in_the_clients_dialect(
     gateway: Gateway, http: httpx.Client, alice: Persona, channel: Channel, settings: Settings
 ) -> None:
