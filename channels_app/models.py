@@ -249,11 +249,14 @@ class RuntimeSettings(models.Model):
     transient_error_cooldown_seconds = models.IntegerField(
         default=0, help_text="Cool-down after 408/5xx upstream errors: 0 = 60 s, -1 = none."
     )
-    passthrough_headers = models.BooleanField(default=False)
-    allow_unauthenticated = models.BooleanField(default=False)
-    streaming_keepalive_seconds = models.PositiveIntegerField(default=0)
-    streaming_bootstrap_retries = models.PositiveIntegerField(default=0)
-    nonstream_keepalive_interval = models.PositiveIntegerField(default=0)
+    streaming_keepalive_seconds = models.PositiveIntegerField(
+        default=0, help_text="Seconds of upstream silence before a keep-alive goes to a streaming client (0 = off)."
+    )
+    streaming_bootstrap_retries = models.PositiveIntegerField(
+        default=0,
+        help_text="Streams per request that may still fail over after a 2xx whose first event is an error "
+        "(the client has seen nothing yet). 0 = off: the stream is the client's as soon as the upstream answers.",
+    )
     oauth_model_alias = models.JSONField(default=dict, blank=True)
     oauth_excluded_models = models.JSONField(default=dict, blank=True)
     payload_rules = models.JSONField(default=dict, blank=True)

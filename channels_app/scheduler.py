@@ -111,6 +111,7 @@ class RoutingTable:
     built_at: float
     strategy: str
     keepalive_seconds: int = 0
+    bootstrap_retries: int = 0  # streams that may fail over after a 2xx whose first event is an error
     request_retry: int = 3
     max_retry_interval: int = 30
     max_retry_credentials: int = 0  # upstreams tried per round; 0 = every candidate
@@ -215,6 +216,7 @@ def build_table() -> RoutingTable:
         built_at=time.monotonic(),
         strategy=runtime.routing_strategy,
         keepalive_seconds=runtime.streaming_keepalive_seconds,
+        bootstrap_retries=runtime.streaming_bootstrap_retries,
         request_retry=runtime.request_retry,
         max_retry_interval=runtime.max_retry_interval,
         max_retry_credentials=runtime.max_retry_credentials,

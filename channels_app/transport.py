@@ -122,15 +122,25 @@ async def open_response(
 class UpstreamResponse:
     """An upstream answer whose headers are in: read it in chunks as they arrive, or whole, then close."""
 
-    __slots__ = ("_response", "headers", "status_code")
+    __slots__ = ("_first", "_response", "headers", "status_code")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status_code: int = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
+        self._first: bytes | None = None  # read by ``peek`` and not yet handed over
+
+    async def peek(self) -> bytes:
+        """The first piece of the body (b"" for an empty one), which the readers then still see."""
+        if self._first is None:
+            self._first = await _next_piece(self._response.content)
+        return self._first
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body, decoded from any content-encoding, in the pieces the network delivers."""
+        first, self._first = self._first, None
+        if first:
+            yield first
         stream = self._response.content
         while True:
             try:
@@ -150,8 +160,9 @@ class UpstreamResponse:
 
     async def aread(self) -> bytes:
         """The whole body."""
+        first, self._first = self._first, None
         try:
-            return await self._response.read()
+            return (first or b"") + await self._response.read()
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise ReadTimeout("upstream stalled past the read timeout") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -164,6 +175,19 @@ class UpstreamResponse:
             response.release()
         else:
             response.close()
+
+
+async def _next_piece(stream: aiohttp.StreamReader) -> bytes:
+    """One ``readany()`` with the failures mapped as ``aiter_raw`` maps them (a cut-off keeps what came)."""
+    try:
+        return await stream.readany()
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise ReadTimeout("upstream stalled past the read timeout") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        rest = _buffered(stream)
+        if rest:
+            return rest  # the failure is raised again by the next read
+        raise ReadError(str(exc) or type(exc).__name__) from None
 
 
 def _buffered(stream: aiohttp.StreamReader) -> bytes:

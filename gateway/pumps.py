@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import orjson
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
@@ -24,6 +25,7 @@ from accounts.limits import Admission
 from channels_app import scheduler, transport
 from channels_app.executors.base import UpstreamCall, UpstreamError, UpstreamTimeout, UpstreamUnreachable, classify
 from channels_app.executors.registry import executor_for
+from channels_app.executors.stream_start import opening_error
 from channels_app.transport import ReadError, ReadTimeout, UpstreamResponse
 from gateway import ir
 from gateway.client_dialects import Parser, Renderer
@@ -56,6 +58,7 @@ class Attempt:
     finished: bool = False
     admission: Admission | None = None  # the key's limits, taken for this request
     keepalive: float = 0  # seconds of upstream silence before a keep-alive goes to the client
+    bootstrap_left: int = 0  # streams that may still fail over after a 2xx (``streaming.bootstrap-retries``)
     number: int = 1  # 1 for the first upstream tried, 2 for the first failover, …
     payload_rules: Mapping[str, Any] = field(default_factory=lambda: _NO_RULES)  # applied to upstream bodies
     namespace: str = ""  # the URL's group namespace (``pro`` in ``/pro/v1/...``), if any
@@ -180,6 +183,8 @@ async def open_call(attempt: Attempt, call: UpstreamCall) -> UpstreamResponse:
         attempt.record(err.status, err.error_type, err.message)
         raise UpstreamFailed(err) from None
     if response.status_code < 400:
+        if attempt.bootstrap_left > 0 and response.headers.get("content-type", "").startswith("text/event-stream"):
+            await _check_opening(attempt, response)
         return response
     body = await _read_quietly(response)
     attempt.capture(body)
@@ -190,6 +195,30 @@ async def open_call(attempt: Attempt, call: UpstreamCall) -> UpstreamResponse:
         rejected = classify(response.status_code, body, response.headers.get("retry-after"))
     attempt.record(rejected.status, rejected.error_type, rejected.message)
     raise UpstreamRejection(rejected, body, response.headers.get("content-type", "application/json"))
+
+
+async def _check_opening(attempt: Attempt, response: UpstreamResponse) -> None:
+    """``streaming.bootstrap-retries`` (providers spec §14.3 step 4): a 2xx stream whose first event is
+    an error, or that ends or breaks before its first event, fails like an error status, so another
+    channel may answer: nothing has reached the client yet. Costs no time on a healthy stream (its
+    first piece is what the client waits for anyway); the piece read stays the stream's first."""
+    try:
+        first = await response.peek()
+        opening = opening_error(first) if first else (502, b'{"error":{"message":"empty upstream stream"}}')
+    except ReadError as exc:
+        timeout = isinstance(exc, ReadTimeout)
+        opening = (504 if timeout else 502, orjson.dumps({"error": {"message": f"upstream stream broke: {exc}"}}))
+        first = b""
+    if opening is None:
+        return
+    attempt.bootstrap_left -= 1
+    status, body = opening
+    executor = executor_for(attempt.route.channel.kind) if attempt.route else None
+    failed = executor.classify(status, body, response.headers) if executor else classify(status, body, None)
+    await response.aclose()
+    attempt.capture(first)
+    attempt.record(failed.status, failed.error_type, failed.message)
+    raise UpstreamFailed(failed)
 
 
 async def _read_quietly(response: UpstreamResponse) -> bytes:

@@ -155,6 +155,7 @@ async def _serve(attempt: Attempt, client: ClientDialect, incoming: Incoming) ->
         incoming = replace(incoming, payload=payload, edited=True)
     table = await scheduler.table()
     attempt.keepalive = table.keepalive_seconds
+    attempt.bootstrap_left = table.bootstrap_retries
     attempt.payload_rules = table.payload_rules
     scope = route_scope(table, key, attempt.namespace)
     attempt.group_id = scope.group_id if scope else None

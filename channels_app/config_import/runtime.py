@@ -20,14 +20,17 @@ STRATEGIES |= {"fill-first": "fill-first", "fillfirst": "fill-first", "ff": "fil
 _FLAGS = {
     "force-model-prefix": "force_model_prefix",
     "disable-cooling": "disable_cooling",
-    "passthrough-headers": "passthrough_headers",
-    "allow-unauthenticated": "allow_unauthenticated",
+}
+# Accepted at their defaults; switched on, reported as not supported (they would change nothing here).
+_UNSUPPORTED_WHEN_ON = {
+    "passthrough-headers": "upstream response headers are not passed to clients",
+    "allow-unauthenticated": "every request needs an API key (it carries the team, quotas and logs)",
+    "nonstream-keepalive-interval": "non-stream answers are not padded with blank lines",
 }
 _COUNTS = {
     "request-retry": "request_retry",
     "max-retry-interval": "max_retry_interval",
     "max-retry-credentials": "max_retry_credentials",  # negative means unlimited in the reference, as 0 does
-    "nonstream-keepalive-interval": "nonstream_keepalive_interval",
 }
 _ROUTING_KEYS = ("strategy", "include-default-group", "channel-groups", "path-routes")
 _PAYLOAD_SECTIONS = ("default", "default-raw", "override", "override-raw", "filter")
@@ -44,6 +47,10 @@ def import_runtime_settings(run: ImportRun) -> None:
         values["proxy_url"] = run.proxy_url(root["proxy-url"])
     values |= {name: root[key].flag() for key, name in _FLAGS.items() if root[key].present}
     values |= {name: run.count(root[key]) for key, name in _COUNTS.items() if root[key].present}
+    for key, reason in _UNSUPPORTED_WHEN_ON.items():
+        value = root[key]
+        if value.present and value.raw not in (False, 0, None):
+            run.warn(value, f"{key} is not supported by CliRelay ({reason}); ignored")
     if (cooldown := root["transient-error-cooldown-seconds"]).present:
         values["transient_error_cooldown_seconds"] = _transient_cooldown(cooldown)
     if (streaming := root["streaming"]).present:

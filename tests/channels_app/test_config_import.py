@@ -87,7 +87,7 @@ def test_the_shipped_example_imports_cleanly(db: None) -> None:
         assert (key.team, key.name, key.enabled) == (team, f"api-key-{number}", True)
     runtime = RuntimeSettings.objects.get()
     assert (runtime.request_retry, runtime.max_retry_interval, runtime.routing_strategy) == (3, 30, "round-robin")
-    assert runtime.include_default_group and not runtime.allow_unauthenticated
+    assert runtime.include_default_group
     storage = LogStorageSettings.objects.get()
     assert (storage.store_content, storage.content_retention_days, storage.max_total_size_mb) == (True, 30, 1024)
 
@@ -518,6 +518,19 @@ def test_a_bad_routing_or_retry_value_names_its_line_and_writes_nothing(db: None
 
     assert str(error.value).startswith(f"line {len(full_text.splitlines())}: {problem}")
     assert _snapshot() == before
+
+
+def test_settings_that_would_change_nothing_here_are_reported_only_when_switched_on(db: None) -> None:
+    off = import_config("passthrough-headers: false\nallow-unauthenticated: false\nnonstream-keepalive-interval: 0\n")
+    assert off.warnings == []
+
+    on = import_config("passthrough-headers: true\nallow-unauthenticated: true\nnonstream-keepalive-interval: 5\n")
+    assert [w.split(" (")[0] for w in on.warnings] == [
+        "line 1: passthrough-headers is not supported by CliRelay",
+        "line 2: allow-unauthenticated is not supported by CliRelay",
+        "line 3: nonstream-keepalive-interval is not supported by CliRelay",
+    ]
+    assert all(w.endswith("; ignored") for w in on.warnings)
 
 
 def test_max_retry_credentials_and_transient_cooldown_are_no_longer_reported_as_unsupported(db: None) -> None:
