@@ -399,10 +399,11 @@ CLOCK = Clock()
 
 
 class TimedCompressor:
-    """The recorder's ``ZstdCompressor``, its ``compress`` calls timed."""
+    """The recorder's ``ZstdCompressor``, its ``compress`` and ``multi_compress_to_buffer`` calls timed."""
 
     def __init__(self, compressor: Any) -> None:
         self.compress = CLOCK.timed("zstd", compressor.compress)
+        self.multi_compress_to_buffer = CLOCK.timed("zstd", compressor.multi_compress_to_buffer)
 
 
 def reset_tables() -> None:

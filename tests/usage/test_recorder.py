@@ -121,8 +121,13 @@ def _decompressed(data: bytes | memoryview) -> bytes:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_each_body_lands_on_its_own_row_across_batches_of_rows_with_and_without_bodies(settings) -> None:
+@pytest.mark.parametrize("variable_limit", [32766, 70], ids=["one-statement", "split-statements"])
+def test_each_body_lands_on_its_own_row_across_batches_of_rows_with_and_without_bodies(
+    settings, monkeypatch, variable_limit: int
+) -> None:
     settings.CLIRELAY_RECORDER_BATCH = 7
+    # SQLite binds at most so many values per statement: a batch is cut into several multi-row INSERTs.
+    monkeypatch.setattr("usage.recorder._variable_limit", lambda conn: variable_limit)
     recorder = Recorder(autostart=False)
     kinds = ["both", "none", "request", "none", "response", "both", "both", "none"] * 4
     for i, kind in enumerate(kinds):
