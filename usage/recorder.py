@@ -258,6 +258,7 @@ class Recorder:
     def __init__(self, *, autostart: bool = True) -> None:
         self.autostart = autostart
         self._queue: queue.SimpleQueue[UsageEvent] = queue.SimpleQueue()
+        self._catch_up_at = 2 * settings.CLIRELAY_RECORDER_BATCH  # queued events past which callers yield
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pending: list[UsageEvent] = []
@@ -273,8 +274,17 @@ class Recorder:
         self.failures = 0
 
     def record(self, event: UsageEvent) -> None:
-        """Enqueue ``event``; never blocks, never touches the database."""
-        self._queue.put_nowait(event)
+        """Enqueue ``event``; never waits for the database.
+
+        When the drainer has fallen more than two batches behind (the process is saturated and the
+        event loop holds the GIL most of the time), the caller hands it the GIL once: ``time.sleep(0)``
+        releases it and waits for nothing else. Requests then slow down by the drainer's share, so at
+        the highest throughput logging keeps pace instead of its queue growing.
+        """
+        pending = self._queue
+        pending.put_nowait(event)
+        if pending.qsize() > self._catch_up_at:
+            time.sleep(0)
         if self._thread is None and self.autostart:
             self._start()
 
