@@ -50,6 +50,20 @@ def test_recorded_events_are_written_in_one_batch_with_compressed_bodies() -> No
     assert recorder.backlog() == 0 and recorder.written == 25
 
 
+def test_a_caller_hands_the_drainer_the_gil_only_when_it_is_two_batches_behind(settings, monkeypatch) -> None:
+    settings.CLIRELAY_RECORDER_BATCH = 3
+    recorder = Recorder(autostart=False)
+    yields: list[float] = []
+    monkeypatch.setattr("usage.recorder.time.sleep", yields.append)
+
+    for _ in range(6):
+        recorder.record(_event())
+    assert yields == []  # six queued: two batches, not more
+    recorder.record(_event())
+    recorder.record(_event())
+    assert yields == [0, 0]  # one GIL hand-over per event past the mark, nothing else waited for
+
+
 @pytest.mark.django_db(transaction=True)
 def test_cost_charges_cached_tokens_once_at_the_cached_price() -> None:
     ModelPrice.objects.create(
