@@ -25,11 +25,11 @@ from accounts.limits import Admission
 from channels_app import scheduler, transport
 from channels_app.executors.base import UpstreamCall, UpstreamError, UpstreamTimeout, UpstreamUnreachable, classify
 from channels_app.executors.registry import executor_for
-from channels_app.executors.stream_start import opening_error
 from channels_app.transport import ReadError, ReadTimeout, UpstreamResponse
 from gateway import ir
 from gateway.client_dialects import Parser, Renderer
 from gateway.errors import RelayError
+from gateway.stream_start import opening_error
 from usage.recorder import UsageEvent, record
 
 log = logging.getLogger(__name__)

@@ -114,7 +114,7 @@ def test_a_codex_stream_that_opens_with_server_is_overloaded_fails_over(
     assert _chat_stream(gateway, alice.raw_key) == HEALTHY
 
     first, second = usage_rows(gateway, 2)
-    assert (first.status_code, second.status_code) == (503, 200)
+    assert (first.status_code, second.status_code) == (529, 200)
 
 
 def test_without_bootstrap_retries_the_error_reaches_the_client_in_its_stream(

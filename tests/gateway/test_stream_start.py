@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from channels_app.executors.stream_start import opening_error
+from gateway.stream_start import opening_error
 
 
 def _sse(data: object, event: str = "") -> bytes:
@@ -24,7 +24,7 @@ def _sse(data: object, event: str = "") -> bytes:
             529,
             "Overloaded",
         ),
-        (_sse({"type": "error", "code": "server_is_overloaded", "message": "busy"}, "error"), 503, "busy"),
+        (_sse({"type": "error", "code": "server_is_overloaded", "message": "busy"}, "error"), 529, "busy"),
         (
             _sse({"type": "response.failed", "response": {"error": {"code": "rate_limit_exceeded", "message": "m"}}}),
             429,

@@ -4,7 +4,8 @@ anything reaches the client (``streaming.bootstrap-retries``, providers spec §1
 Upstreams that have already answered 200 report a failure as an event: OpenAI-compatible services and
 Gemini send ``data: {"error": {...}}``, Anthropic ``event: error`` with ``{"type": "error", "error":
 {...}}``, the Responses API ``{"type": "error", ...}`` or ``response.failed`` (§7.5). The status comes
-from the error itself (``status_code``, ``status``, a numeric ``code``), else from its type (§7.5's table).
+from the error itself (``status_code``, ``status``, a numeric ``code``), else from its code or type
+(§7.5's table, shared with the Responses dialect).
 """
 
 from __future__ import annotations
@@ -13,22 +14,7 @@ from typing import Any
 
 import orjson
 
-_STATUS_BY_TYPE = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "invalid_api_key": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "model_not_found": 404,
-    "rate_limit_error": 429,
-    "rate_limit_exceeded": 429,
-    "insufficient_quota": 429,
-    "usage_limit_reached": 429,
-    "resource_exhausted": 429,
-    "overloaded_error": 529,
-    "server_is_overloaded": 503,
-    "unavailable": 503,
-}
+from gateway.dialects.openai_responses_stream import error_status
 
 
 def opening_error(first: bytes) -> tuple[int, bytes] | None:
@@ -78,10 +64,9 @@ def _error_of(event: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _status(event: dict[str, Any], error: dict[str, Any]) -> int:
-    for value in (error.get("status_code"), error.get("status"), error.get("code"), event.get("status")):
+    """A numeric ``code`` (Google) or the event's ``status``, else what an in-stream Codex error's
+    status, code or type stands for, as the Responses dialect reads it (§7.5); 502 when nothing says."""
+    for value in (error.get("code"), event.get("status")):
         if isinstance(value, int) and not isinstance(value, bool) and 400 <= value < 600:
             return value
-    for value in (error.get("type"), error.get("code"), error.get("status")):
-        if isinstance(value, str) and value.lower() in _STATUS_BY_TYPE:
-            return _STATUS_BY_TYPE[value.lower()]
-    return 502
+    return error_status(error)
