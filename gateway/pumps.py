@@ -188,11 +188,7 @@ async def open_call(attempt: Attempt, call: UpstreamCall) -> UpstreamResponse:
         return response
     body = await _read_quietly(response)
     attempt.capture(body)
-    executor = executor_for(attempt.route.channel.kind) if attempt.route else None
-    if executor is not None:
-        rejected = executor.classify(response.status_code, body, response.headers)
-    else:
-        rejected = classify(response.status_code, body, response.headers.get("retry-after"))
+    rejected = _classified(attempt, response.status_code, body, response)
     attempt.record(rejected.status, rejected.error_type, rejected.message)
     raise UpstreamRejection(rejected, body, response.headers.get("content-type", "application/json"))
 
@@ -212,13 +208,19 @@ async def _check_opening(attempt: Attempt, response: UpstreamResponse) -> None:
     if opening is None:
         return
     attempt.bootstrap_left -= 1
-    status, body = opening
-    executor = executor_for(attempt.route.channel.kind) if attempt.route else None
-    failed = executor.classify(status, body, response.headers) if executor else classify(status, body, None)
+    failed = _classified(attempt, *opening, response)
     await response.aclose()
     attempt.capture(first)
     attempt.record(failed.status, failed.error_type, failed.message)
     raise UpstreamFailed(failed)
+
+
+def _classified(attempt: Attempt, status: int, body: bytes, response: UpstreamResponse) -> UpstreamError:
+    """An upstream failure as the route's executor reads it (its provider's quota headers and bodies)."""
+    executor = executor_for(attempt.route.channel.kind) if attempt.route else None
+    if executor is None:
+        return classify(status, body, response.headers.get("retry-after"))
+    return executor.classify(status, body, response.headers)
 
 
 async def _read_quietly(response: UpstreamResponse) -> bytes:
