@@ -109,7 +109,7 @@ class StoredRow(NamedTuple):
 class RowWriter:
     """The batch's INSERT statements for one database connection, built once from the models' fields.
 
-    Rows go in with one ``executemany`` per table of a pre-built ``INSERT``, or on PostgreSQL with
+    Rows go in with multi-row ``INSERT``s built from a pre-built one (SQLite), or on PostgreSQL with
     ``COPY ... FROM STDIN`` (psycopg 3), which costs the client a third of the CPU of an
     ``executemany`` and the batch a third of the time. Values are what each field's
     ``get_db_prep_save`` gives: fields whose event values already have the driver's type
