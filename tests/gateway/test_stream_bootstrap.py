@@ -49,11 +49,16 @@ def _channels(alice: Persona, flaky_kind: str, flaky_url: str, flaky_secret: str
         priority=10,
         served_models=[{"name": "flaky-up", "alias": MODEL}],
     )
+    _healthy(alice, upstream)
+
+
+def _healthy(alice: Persona, upstream: FakeOpenAIUpstream, name: str = "healthy") -> None:
+    """An OpenAI-compatible channel on the fake upstream, serving MODEL as gpt-up."""
     upstream.script.api_key = SECRET
     Channel.objects.create(
         team=alice.team,
         kind=ProviderKind.OPENAI_COMPATIBILITY,
-        name="healthy",
+        name=name,
         base_url=upstream.base_url,
         secret=SECRET,
         served_models=[{"name": "gpt-up", "alias": MODEL}],
@@ -157,15 +162,7 @@ def test_a_healthy_stream_is_relayed_unchanged_with_bootstrap_on(
     gateway: Gateway, alice: Persona, upstream: FakeOpenAIUpstream
 ) -> None:
     _bootstrap(3)
-    upstream.script.api_key = SECRET
-    Channel.objects.create(
-        team=alice.team,
-        kind=ProviderKind.OPENAI_COMPATIBILITY,
-        name="only",
-        base_url=upstream.base_url,
-        secret=SECRET,
-        served_models=[{"name": "gpt-up", "alias": MODEL}],
-    )
+    _healthy(alice, upstream, name="only")
 
     assert _chat_stream(gateway, alice.raw_key) == HEALTHY
     (row,) = usage_rows(gateway, 1)
